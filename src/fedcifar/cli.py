@@ -1,0 +1,141 @@
+"""The ``fedcifar`` command: thin subcommands that parse, call the library and print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fedcifar.config import PRESETS, ConfigError, build_config, config_from_dict, parse_overrides
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """An error to show as one line, without a traceback."""
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $FEDCIFAR_DATA_DIR)")
+    p.add_argument("--no-download", action="store_true", help="never try to download CIFAR-100")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fedcifar.data.cifar100 import load_cifar100
+    from fedcifar.sim.engine import run_training
+    from fedcifar.track.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    overrides = parse_overrides(args.set or [])
+    resume_dir = args.resume
+    if args.out is None and resume_dir is None:
+        raise UserError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+    if args.auto_resume and args.out and (Path(args.out) / CHECKPOINT_FILE).exists():
+        resume_dir = args.out
+    if resume_dir is not None:
+        if args.out and Path(args.out) != Path(resume_dir):
+            raise UserError("--out and --resume name different run directories")
+        ckpt_cfg = config_from_dict(load_checkpoint(Path(resume_dir)).meta["config"])
+        extra = set(overrides) - {"rounds"}
+        if extra or (args.config and not args.auto_resume):
+            raise UserError(f"a resumed run keeps its config; only --set rounds=N may change (got {sorted(extra)})")
+        cfg = ckpt_cfg.replace(**{"rounds": int(overrides["rounds"])}) if "rounds" in overrides else ckpt_cfg
+        run_dir = Path(resume_dir)
+    else:
+        cfg = build_config(args.preset, args.config, overrides)
+        run_dir = Path(args.out)
+        if (run_dir / CHECKPOINT_FILE).exists():
+            raise UserError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --out")
+    data = load_cifar100(args.data_dir, download=not args.no_download)
+    run_training(cfg, run_dir, data, resume=resume_dir is not None, progress=not args.quiet)
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from fedcifar.data.cifar100 import load_cifar100
+    from fedcifar.sim.engine import partition_for, write_partition
+
+    cfg = build_config(
+        None,
+        None,
+        {
+            "num_clients": args.clients,
+            "alpha": args.alpha,
+            "seed": args.seed,
+            "partitioner": args.partitioner,
+            "min_partition_size": args.min_size,
+            "clients_per_round": 1,
+        },
+    )
+    data = load_cifar100(args.data_dir, download=not args.no_download)
+    labels = data.train_y.numpy()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = write_partition(partition_for(cfg, labels), labels, out, f"{cfg.partitioner} partition, {cfg.num_clients} clients")
+    print(f"wrote {out / 'partition.csv'} and {out / 'partition.png'}: {len(counts)} clients, sizes {counts.sum(1).min()}-{counts.sum(1).max()}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fedcifar.track.metrics import METRICS_FILE, read_metrics
+    from fedcifar.track.plots import plot_curves
+
+    path = Path(args.run_dir) / METRICS_FILE
+    if not path.exists():
+        raise UserError(f"no {METRICS_FILE} in {args.run_dir}")
+    for written in plot_curves(read_metrics(path), args.run_dir):
+        print(f"wrote {written}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedcifar", description="Federated learning on CIFAR-100.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a federated training (simulation)")
+    train.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default: paper)")
+    train.add_argument("--config", help="YAML file of config keys")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.add_argument("--out", help="run directory to create")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last complete round")
+    train.add_argument("--auto-resume", action="store_true", help="resume --out if it already holds a run")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(train)
+    train.set_defaults(func=cmd_train)
+
+    part = sub.add_parser("partition", help="write partition.csv and partition.png only")
+    part.add_argument("--clients", type=int, default=64)
+    part.add_argument("--alpha", type=float, default=0.4)
+    part.add_argument("--seed", type=int, default=0)
+    part.add_argument("--partitioner", default="dirichlet", choices=["dirichlet", "iid", "shards"])
+    part.add_argument("--min-size", type=int, default=10)
+    part.add_argument("--out", required=True)
+    _add_data_args(part)
+    part.set_defaults(func=cmd_partition)
+
+    plot = sub.add_parser("plot", help="redraw accuracy.png and loss.png from metrics.csv")
+    plot.add_argument("run_dir")
+    plot.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedcifar.data.cifar100 import DataError
+    from fedcifar.data.partition import PartitionError
+    from fedcifar.track.checkpoint import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ConfigError, UserError, DataError, PartitionError, CheckpointError) as exc:
+        print(f"fedcifar: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fedcifar: interrupted; the last complete round is saved (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The local update: global weights + client data + instructions -> new weights and metrics.
+
+Nothing here knows about rounds, threads or Flower. A backend (the simulator, a Flower
+ClientApp) owns a model object, hands it in with the global weights, and gets a
+:class:`ClientResult` back. The model is reused between clients: it is reloaded from the
+global weights, never deep-copied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fedcifar.data.augment import Normalize, random_crop_flip
+from fedcifar.sim.runtime import Runtime
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClientInstructions:
+    """What the server asks of one client for one round."""
+
+    seed: int  # drives the client's shuffling and augmentation
+    epochs: int = 2
+    steps: int = 0  # > 0: stop after this many minibatches instead of running full epochs
+    batch_size: int = 64
+    lr: float = 1e-3
+    augment: bool = True
+
+
+@dataclass
+class ClientResult:
+    client_id: int
+    weights: Weights
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``weights`` into ``model`` in place (dtype, device and strides of the model kept)."""
+    model.load_state_dict(weights, strict=True)
+
+
+def read_weights(model: nn.Module) -> Weights:
+    """A detached copy of the model's full state (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _batches(n: int, batch_size: int, epochs: int, steps: int, generator: torch.Generator):
+    """Yield (epoch, index tensor) for each minibatch of shuffled epochs."""
+    done = 0
+    epoch = 0
+    while True:
+        order = torch.randperm(n, generator=generator, device=generator.device)
+        for start in range(0, n, batch_size):
+            yield epoch, order[start : start + batch_size]
+            done += 1
+            if steps and done >= steps:
+                return
+        epoch += 1
+        if not steps and epoch >= epochs:
+            return
+
+
+def train_client(
+    model: nn.Module,
+    global_weights: Mapping[str, torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    instructions: ClientInstructions,
+    runtime: Runtime,
+    client_id: int = -1,
+) -> ClientResult:
+    """Train ``model`` from ``global_weights`` on one client's uint8 images with Adam.
+
+    Train loss and accuracy are averaged over the last local epoch (over every step when
+    ``steps`` is set), measured on the augmented batches as they are trained.
+    """
+    start = time.perf_counter()
+    device = runtime.device
+    load_weights(model, global_weights)
+    model.train()
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    generator = torch.Generator(device=device).manual_seed(instructions.seed)
+    normalize = Normalize(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=instructions.lr)
+    loss_fn = nn.CrossEntropyLoss()
+
+    n = len(labels)
+    last_epoch = -1
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = steps = trained = 0
+    for epoch, idx in _batches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator):
+        if epoch != last_epoch and not instructions.steps:
+            loss_sum.zero_(), correct.zero_()
+            seen, last_epoch = 0, epoch
+        x = images[idx]
+        if instructions.augment:
+            x = random_crop_flip(x, generator)
+        x = normalize(x, runtime.memory_format)
+        y = labels[idx]
+        with runtime.autocast():
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        trained += len(y)
+        steps += 1
+
+    seconds = time.perf_counter() - start
+    metrics = {
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_acc": int(correct) / max(seen, 1),
+        "steps": float(steps),
+        "images": float(trained),
+        "seconds": seconds,
+    }
+    return ClientResult(client_id, read_weights(model), n, metrics)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    weights: Mapping[str, torch.Tensor] | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    runtime: Runtime,
+    batch_size: int = 1000,
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (fractions) of ``weights`` on uint8 ``images``."""
+    if weights is not None:
+        load_weights(model, weights)
+    model.eval()
+    device = runtime.device
+    normalize = Normalize(device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.int64)
+    top5 = torch.zeros((), device=device, dtype=torch.int64)
+    for start in range(0, len(labels), batch_size):
+        x = normalize(images[start : start + batch_size].to(device), runtime.memory_format)
+        y = labels[start : start + batch_size].to(device)
+        with runtime.autocast():
+            logits = model(x).float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        best5 = logits.topk(5, dim=1).indices
+        top1 += (best5[:, 0] == y).sum()
+        top5 += (best5 == y[:, None]).any(dim=1).sum()
+    n = max(len(labels), 1)
+    return {"loss": float(loss_sum) / n, "acc": int(top1) / n, "top5": int(top5) / n}

@@ -1,0 +1,1 @@
+"""The simulation engine: one round loop and a pool of client trainers."""

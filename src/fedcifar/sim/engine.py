@@ -1,0 +1,243 @@
+"""The one round loop of a simulated federation.
+
+Each round: select clients, train them in parallel on the model pool, let the strategy fold
+their results into new global weights, evaluate, then record metrics, export the model and
+write the resume checkpoint (last, so it marks the round complete).
+
+Randomness: no generator carries hidden state between rounds. The partition, each round's
+selection and each client's shuffling/augmentation are drawn from generators derived from
+(seed, round, client), so a resumed run redraws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from fedcifar.client.train import ClientInstructions, ClientResult, evaluate, read_weights, train_client
+from fedcifar.config import Config, config_from_dict, save_yaml
+from fedcifar.data.cifar100 import Cifar100
+from fedcifar.data.partition import Partition, class_counts, make_partition
+from fedcifar.model.resnet import build_model
+from fedcifar.sim.executor import ModelPool
+from fedcifar.sim.runtime import Runtime, resolve_runtime
+from fedcifar.strategy.registry import SELECTORS, build_strategy
+from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
+from fedcifar.track.metrics import MetricsLog
+from fedcifar.track.plots import plot_curves, plot_partition
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+def client_seed(seed: int, server_round: int, client_id: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
+
+
+def write_partition(partition: Partition, labels: np.ndarray, out_dir: Path, title: str = "") -> np.ndarray:
+    """Write ``partition.csv`` (clients x classes counts) and ``partition.png``."""
+    from fedcifar.track.io import atomic_path
+
+    counts = class_counts(labels, partition, num_classes=100)
+    frame = pd.DataFrame(counts, columns=[f"class_{c}" for c in range(counts.shape[1])])
+    frame.insert(0, "client", range(len(partition)))
+    frame.insert(1, "total", counts.sum(axis=1))
+    with atomic_path(out_dir / "partition.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    plot_partition(counts, out_dir / "partition.png", title)
+    return counts
+
+
+def partition_for(cfg: Config, labels: np.ndarray) -> Partition:
+    return make_partition(
+        labels,
+        cfg.partitioner,
+        cfg.num_clients,
+        cfg.seed,
+        alpha=cfg.alpha,
+        min_partition_size=cfg.min_partition_size,
+        shards_per_client=cfg.shards_per_client,
+    )
+
+
+@dataclass
+class Federation:
+    """What a run needs in memory: data on the device, partitions as index tensors, runtime."""
+
+    cfg: Config
+    data: Cifar100
+    client_indices: list[torch.Tensor]
+    runtime: Runtime
+
+    def client_data(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.client_indices[client_id]
+        return self.data.train_x[idx], self.data.train_y[idx]
+
+    def instructions(self, server_round: int, client_id: int, extra: dict[str, Any]) -> ClientInstructions:
+        cfg = self.cfg
+        return ClientInstructions(
+            seed=client_seed(cfg.seed, server_round, client_id),
+            epochs=cfg.local_epochs,
+            steps=cfg.local_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            augment=cfg.augment,
+            **extra,
+        )
+
+
+def _fit_task(fed: Federation, global_weights, client_id: int, instr: ClientInstructions, model) -> ClientResult:
+    images, labels = fed.client_data(client_id)
+    return train_client(model, global_weights, images, labels, instr, fed.runtime, client_id)
+
+
+def _weighted(results: list[ClientResult], key: str) -> float:
+    total = sum(r.num_examples for r in results)
+    return sum(r.metrics[key] * r.num_examples for r in results) / max(total, 1)
+
+
+def run_training(
+    cfg: Config,
+    run_dir: str | Path,
+    data: Cifar100,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: tuple[RoundCallback, ...] = (),
+) -> pd.DataFrame:
+    """Train ``cfg.rounds`` rounds into ``run_dir`` (continuing a checkpoint if ``resume``)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    strategy = build_strategy(cfg)
+    runtime = resolve_runtime(cfg)
+    torch.set_num_threads(runtime.threads_per_worker)
+
+    start_round = 0
+    global_weights: dict[str, torch.Tensor]
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        saved = config_from_dict(ckpt.meta["config"])
+        if saved.replace(rounds=cfg.rounds) != cfg:
+            raise CheckpointError(f"config differs from the checkpoint's in {run_dir}; only rounds may change")
+        start_round = ckpt.round
+        global_weights = {k: v.to(runtime.device) for k, v in ckpt.weights.items()}
+        strategy.load_state_dict(
+            {k: v.to(runtime.device) for k, v in ckpt.strategy_tensors.items()}, ckpt.meta.get("strategy", {})
+        )
+        log = MetricsLog.resume(run_dir, start_round)
+    else:
+        log = MetricsLog(run_dir)
+        global_weights = read_weights(build_model(cfg.norm, seed=cfg.seed).to(runtime.device))
+    save_yaml(cfg, run_dir / "config.yaml")
+
+    labels = data.train_y.numpy()
+    partition = partition_for(cfg, labels)
+    if not resume or not (run_dir / "partition.csv").exists():
+        write_partition(partition, labels, run_dir, f"{cfg.partitioner} partition, {cfg.num_clients} clients")
+    fed = Federation(cfg, data.to(runtime.device), [torch.as_tensor(p, device=runtime.device) for p in partition], runtime)
+    test_x, test_y = fed.data.test_x, fed.data.test_y
+    if cfg.eval_limit:
+        test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
+
+    def model_factory() -> torch.nn.Module:
+        return build_model(cfg.norm, seed=cfg.seed).to(runtime.device, memory_format=runtime.memory_format)
+
+    select = SELECTORS[cfg.client_selection]
+    rounds_bar = tqdm(
+        range(start_round + 1, cfg.rounds + 1),
+        initial=start_round,
+        total=cfg.rounds,
+        desc="rounds",
+        unit="round",
+        disable=not progress,
+    )
+    with ModelPool(model_factory, runtime.workers) as pool:
+        if progress:
+            tqdm.write(f"fedcifar: {cfg.rounds} rounds on {runtime.describe()} -> {run_dir}")
+        for server_round in rounds_bar:
+            t0 = time.perf_counter()
+            sampled = select(cfg.num_clients, cfg.clients_per_round, cfg.seed, server_round)
+            extra = strategy.configure_fit(server_round, sampled)
+            tasks = [
+                partial(_fit_task, fed, global_weights, cid, fed.instructions(server_round, cid, extra.get(cid, {})))
+                for cid in sampled
+            ]
+            clients_bar = tqdm(total=len(tasks), desc=f"round {server_round}", unit="client", leave=False, disable=not progress)
+
+            def tracked(results: Iterator[ClientResult]) -> Iterator[ClientResult]:
+                for res in results:
+                    clients_bar.update(1)
+                    yield res
+
+            global_weights, results = strategy.aggregate_fit(server_round, global_weights, tracked(pool.map(tasks)))
+            clients_bar.close()
+            t_train = time.perf_counter()
+
+            row: dict[str, Any] = {
+                "round": server_round,
+                "train_loss": _weighted(results, "train_loss"),
+                "train_acc": _weighted(results, "train_acc"),
+            }
+            if server_round % cfg.eval_every == 0 or server_round == cfg.rounds:
+                scores = pool.borrow(
+                    lambda m: evaluate(m, global_weights, test_x, test_y, runtime, cfg.eval_batch_size)
+                )
+                row.update(test_loss=scores["loss"], test_acc=scores["acc"], test_top5=scores["top5"])
+            t_eval = time.perf_counter()
+            images = sum(r.metrics["images"] for r in results)
+            row.update(
+                num_examples=sum(r.num_examples for r in results),
+                train_images=int(images),
+                train_seconds=t_train - t0,
+                eval_seconds=t_eval - t_train,
+                images_per_sec=images / max(t_train - t0, 1e-9),
+                clients=" ".join(str(r.client_id) for r in results),
+            )
+            _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0)
+            if progress:
+                tqdm.write(summary_line(row, cfg.rounds))
+            for callback in callbacks:
+                callback(server_round, row)
+    rounds_bar.close()
+    return log.frame
+
+
+def _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0) -> None:
+    """Record the round: metrics, plots, exported model, then the resume checkpoint."""
+    row["round_seconds"] = time.perf_counter() - t0  # includes the writes below up to here
+    log.append(row)
+    plot_curves(log.frame, run_dir)
+    last_test = log.frame["test_acc"].dropna() if "test_acc" in log.frame else pd.Series(dtype=float)
+    info = {
+        "arch": "resnet18-cifar",
+        "norm": cfg.norm,
+        "num_classes": 100,
+        "round": row["round"],
+        "test_acc": float(last_test.iloc[-1]) if len(last_test) else None,
+    }
+    export_global(run_dir, global_weights, info)
+    tensors, meta = strategy.state_dict()
+    save_checkpoint(
+        run_dir,
+        row["round"],
+        global_weights,
+        tensors,
+        {"config": cfg.to_dict(), "strategy": meta, "rng": {"seed": cfg.seed, "next_round": row["round"] + 1}},
+    )
+
+
+def summary_line(row: dict[str, Any], total_rounds: int) -> str:
+    text = (
+        f"round {row['round']:>3}/{total_rounds}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
+    )
+    if "test_acc" in row:
+        text += f"  test loss {row['test_loss']:.3f} acc {row['test_acc']:.3f} top5 {row['test_top5']:.3f}"
+    return text + f"  {row['round_seconds']:.1f}s  {row['images_per_sec']:.0f} img/s"

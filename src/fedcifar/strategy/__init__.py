@@ -1,0 +1,1 @@
+"""Server strategies: pure aggregation maths plus small classes with a few hooks."""

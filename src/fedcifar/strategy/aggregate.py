@@ -1,0 +1,76 @@
+"""Pure aggregation maths on state dicts (name -> tensor). Inputs are never mutated.
+
+BatchNorm policy (the paper's): running_mean and running_var are floating-point buffers and
+are averaged with the same weights as the parameters. Integer buffers such as
+``num_batches_tracked`` are counters, not estimates: they are never averaged as floats; the
+aggregate keeps the largest client value, in the original integer dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+Weights = dict[str, torch.Tensor]
+
+
+def is_float(t: torch.Tensor) -> bool:
+    return t.is_floating_point()
+
+
+class WeightedMean:
+    """A running weighted mean of state dicts: folds one client at a time, keeps one sum."""
+
+    def __init__(self) -> None:
+        self._sum: Weights | None = None
+        self._ints: Weights = {}
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None:
+        if weight < 0:
+            raise ValueError(f"aggregation weight must be >= 0, got {weight}")
+        if self._sum is None:
+            self._sum = {k: v.detach().float() * weight for k, v in state.items() if is_float(v)}
+            self._ints = {k: v.detach().clone() for k, v in state.items() if not is_float(v)}
+        else:
+            if set(state) != set(self._sum) | set(self._ints):
+                raise ValueError("client state dicts have different keys")
+            for k, acc in self._sum.items():
+                acc.add_(state[k].detach().float(), alpha=weight)
+            for k, acc in self._ints.items():
+                torch.maximum(acc, state[k], out=acc)
+        self.total += weight
+        self.count += 1
+
+    def result(self, like: Mapping[str, torch.Tensor] | None = None) -> Weights:
+        """The mean, cast back to the dtypes of ``like`` (or float32) in the original key order."""
+        if self._sum is None:
+            raise ValueError("no client results to aggregate")
+        if self.total <= 0:
+            raise ValueError("aggregation weights sum to zero")
+        out: Weights = {}
+        keys = list(like) if like is not None else [*self._sum, *self._ints]
+        for k in keys:
+            if k in self._sum:
+                dtype = like[k].dtype if like is not None else torch.float32
+                out[k] = (self._sum[k] / self.total).to(dtype)
+            else:
+                out[k] = self._ints[k].clone()
+        return out
+
+
+def weighted_mean(states: Iterable[Mapping[str, torch.Tensor]], weights: Iterable[float]) -> Weights:
+    """sum_i w_i * state_i / sum_i w_i for float tensors; max for integer tensors."""
+    acc = WeightedMean()
+    first = None
+    for state, w in zip(states, weights, strict=True):
+        first = first or state
+        acc.add(state, float(w))
+    return acc.result(like=first)
+
+
+def subtract(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Weights:
+    """a - b for float tensors (the pseudo-gradient's building block)."""
+    return {k: a[k] - b[k] for k in a if is_float(a[k])}

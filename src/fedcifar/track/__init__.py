@@ -1,0 +1,1 @@
+"""Run artefacts: metrics table, plots, checkpoints, atomic writes."""

@@ -1,0 +1,103 @@
+"""Checkpoints in safetensors: the exported global model and the resume checkpoint.
+
+``checkpoint.safetensors`` is written last in a round, so it defines the last complete
+round. It holds the global weights (``model.*``), the strategy's tensors (``strategy.*``)
+and, in its string metadata, a JSON document with the round, config, strategy metadata and
+RNG state. No pickle: ``model_global.pth`` is a plain state_dict for the paper's name and
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from fedcifar.track.io import atomic_path
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+MODEL_FILE = "model_global.safetensors"
+MODEL_PTH_FILE = "model_global.pth"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model file is missing or unreadable. One line for the user."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    weights: dict[str, torch.Tensor]
+    strategy_tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]  # config, strategy metadata, rng, ...
+
+
+def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def _save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        save_file(_cpu(tensors), str(tmp), metadata=metadata)
+
+
+def export_global(run_dir: Path, weights: Mapping[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """Write ``model_global.safetensors`` (with ``info`` as metadata) and ``model_global.pth``."""
+    cpu = _cpu(weights)
+    _save_safetensors(run_dir / MODEL_FILE, cpu, {"fedcifar": json.dumps(info)})
+    with atomic_path(run_dir / MODEL_PTH_FILE) as tmp:
+        torch.save(cpu, tmp)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    server_round: int,
+    weights: Mapping[str, torch.Tensor],
+    strategy_tensors: Mapping[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> None:
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors.update({f"strategy.{k}": v for k, v in strategy_tensors.items()})
+    doc = {"format": FORMAT_VERSION, "round": server_round, **meta}
+    _save_safetensors(run_dir / CHECKPOINT_FILE, tensors, {"fedcifar": json.dumps(doc)})
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("fedcifar", "{}")
+        return json.loads(raw)
+    except FileNotFoundError:
+        raise CheckpointError(f"file not found: {path}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint in {run_dir} (expected {CHECKPOINT_FILE}); nothing to resume")
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from None
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    strategy = {k.removeprefix("strategy."): v for k, v in tensors.items() if k.startswith("strategy.")}
+    return Checkpoint(int(meta.pop("round")), weights, strategy, meta)
+
+
+def load_global(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Exported weights and their metadata (round, norm, test accuracy, ...)."""
+    meta = read_metadata(Path(path))
+    try:
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable model file ({exc})") from None

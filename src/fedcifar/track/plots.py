@@ -1,0 +1,77 @@
+"""Figures: train/test accuracy and loss curves, and the partition's class composition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fedcifar.data.partition import skew  # noqa: E402
+from fedcifar.track.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _curve(frame: pd.DataFrame, path: Path, metric: str, ylabel: str, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for split, style in (("train", "-o"), ("test", "-s")):
+        col = f"{split}_{metric}"
+        if col in frame and frame[col].notna().any():
+            data = frame[["round", col]].dropna()
+            ax.plot(data["round"], data[col], style, markersize=3, label=split)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_curves(frame: pd.DataFrame, run_dir: str | Path) -> list[Path]:
+    """Write ``accuracy.png`` and ``loss.png`` for the rounds in ``frame``."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / "accuracy.png", run_dir / "loss.png"]
+    _curve(frame, paths[0], "acc", "top-1 accuracy", "Accuracy per round")
+    _curve(frame, paths[1], "loss", "cross-entropy loss", "Loss per round")
+    return paths
+
+
+def plot_partition(counts: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Each client's class composition as a stacked bar, most skewed client first."""
+    order = np.argsort(-skew(counts), kind="stable")
+    counts = counts[order]
+    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    num_clients, num_classes = counts.shape
+    # Qualitative palettes side by side, so that neighbouring classes get distinct colours.
+    palette = np.concatenate([plt.get_cmap(n)(np.arange(20)) for n in ("tab20", "tab20b", "tab20c")])
+    colors = palette[np.arange(num_classes) % len(palette)]
+    fig, (ax, ax_size) = plt.subplots(
+        1, 2, figsize=(10, max(3.0, 0.12 * num_clients + 1.5)), gridspec_kw={"width_ratios": [4, 1]}, sharey=True
+    )
+    y = np.arange(num_clients)
+    left = np.zeros(num_clients)
+    for c in range(num_classes):
+        ax.barh(y, frac[:, c], left=left, color=colors[c], height=1.0, linewidth=0)
+        left += frac[:, c]
+    ax.set_xlim(0, 1)
+    ax.set_ylim(num_clients - 0.5, -0.5)
+    ax.set_xlabel("fraction of the client's samples (colour = class)")
+    ax.set_ylabel("client (most skewed first)")
+    ax.set_yticks(y[:: max(1, num_clients // 16)])
+    ax.set_yticklabels(order[:: max(1, num_clients // 16)])
+    ax.set_title(title or "Class composition per client")
+    ax_size.barh(y, counts.sum(axis=1), color="0.4", height=0.9)
+    ax_size.set_xlabel("samples")
+    ax_size.set_title("size")
+    path = Path(path)
+    _save(fig, path)
+    return path
