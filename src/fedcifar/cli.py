@@ -71,8 +71,12 @@ def cmd_partition(args: argparse.Namespace) -> int:
     labels = data.train_y.numpy()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    counts = write_partition(partition_for(cfg, labels), labels, out, f"{cfg.partitioner} partition, {cfg.num_clients} clients")
-    print(f"wrote {out / 'partition.csv'} and {out / 'partition.png'}: {len(counts)} clients, sizes {counts.sum(1).min()}-{counts.sum(1).max()}")
+    counts = write_partition(
+        partition_for(cfg, labels), labels, out, f"{cfg.partitioner} partition, {cfg.num_clients} clients"
+    )
+    print(
+        f"wrote {out / 'partition.csv'} and {out / 'partition.png'}: {len(counts)} clients, sizes {counts.sum(1).min()}-{counts.sum(1).max()}"
+    )
     return 0
 
 

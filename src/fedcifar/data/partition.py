@@ -52,9 +52,7 @@ def dirichlet_partition(
     if alpha <= 0:
         raise PartitionError(f"alpha must be > 0, got {alpha}")
     if num_clients * min_partition_size > len(labels):
-        raise PartitionError(
-            f"{num_clients} clients x min size {min_partition_size} exceeds {len(labels)} samples"
-        )
+        raise PartitionError(f"{num_clients} clients x min size {min_partition_size} exceeds {len(labels)} samples")
     classes = np.unique(labels)
     by_class = [np.flatnonzero(labels == c) for c in classes]
     for _ in range(max_tries):

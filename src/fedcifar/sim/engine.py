@@ -142,7 +142,9 @@ def run_training(
     partition = partition_for(cfg, labels)
     if not resume or not (run_dir / "partition.csv").exists():
         write_partition(partition, labels, run_dir, f"{cfg.partitioner} partition, {cfg.num_clients} clients")
-    fed = Federation(cfg, data.to(runtime.device), [torch.as_tensor(p, device=runtime.device) for p in partition], runtime)
+    fed = Federation(
+        cfg, data.to(runtime.device), [torch.as_tensor(p, device=runtime.device) for p in partition], runtime
+    )
     test_x, test_y = fed.data.test_x, fed.data.test_y
     if cfg.eval_limit:
         test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
@@ -165,42 +167,13 @@ def run_training(
         for server_round in rounds_bar:
             t0 = time.perf_counter()
             sampled = select(cfg.num_clients, cfg.clients_per_round, cfg.seed, server_round)
-            extra = strategy.configure_fit(server_round, sampled)
-            tasks = [
-                partial(_fit_task, fed, global_weights, cid, fed.instructions(server_round, cid, extra.get(cid, {})))
-                for cid in sampled
-            ]
-            clients_bar = tqdm(total=len(tasks), desc=f"round {server_round}", unit="client", leave=False, disable=not progress)
-
-            def tracked(results: Iterator[ClientResult]) -> Iterator[ClientResult]:
-                for res in results:
-                    clients_bar.update(1)
-                    yield res
-
-            global_weights, results = strategy.aggregate_fit(server_round, global_weights, tracked(pool.map(tasks)))
-            clients_bar.close()
-            t_train = time.perf_counter()
-
-            row: dict[str, Any] = {
-                "round": server_round,
-                "train_loss": _weighted(results, "train_loss"),
-                "train_acc": _weighted(results, "train_acc"),
-            }
+            global_weights, row = _fit_round(fed, strategy, pool, server_round, sampled, global_weights, progress)
             if server_round % cfg.eval_every == 0 or server_round == cfg.rounds:
-                scores = pool.borrow(
-                    lambda m: evaluate(m, global_weights, test_x, test_y, runtime, cfg.eval_batch_size)
-                )
+                t_eval = time.perf_counter()
+                evaluate_on = partial(evaluate, weights=global_weights, images=test_x, labels=test_y, runtime=runtime)
+                scores = pool.borrow(partial(evaluate_on, batch_size=cfg.eval_batch_size))
                 row.update(test_loss=scores["loss"], test_acc=scores["acc"], test_top5=scores["top5"])
-            t_eval = time.perf_counter()
-            images = sum(r.metrics["images"] for r in results)
-            row.update(
-                num_examples=sum(r.num_examples for r in results),
-                train_images=int(images),
-                train_seconds=t_train - t0,
-                eval_seconds=t_eval - t_train,
-                images_per_sec=images / max(t_train - t0, 1e-9),
-                clients=" ".join(str(r.client_id) for r in results),
-            )
+                row["eval_seconds"] = time.perf_counter() - t_eval
             _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0)
             if progress:
                 tqdm.write(summary_line(row, cfg.rounds))
@@ -208,6 +181,46 @@ def run_training(
                 callback(server_round, row)
     rounds_bar.close()
     return log.frame
+
+
+def _fit_round(
+    fed: Federation,
+    strategy,
+    pool: ModelPool,
+    server_round: int,
+    sampled: list[int],
+    global_weights: dict[str, torch.Tensor],
+    progress: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train the sampled clients in parallel and aggregate; return new weights and train metrics."""
+    t0 = time.perf_counter()
+    extra = strategy.configure_fit(server_round, sampled)
+    tasks = [
+        partial(_fit_task, fed, global_weights, cid, fed.instructions(server_round, cid, extra.get(cid, {})))
+        for cid in sampled
+    ]
+    bar = tqdm(total=len(tasks), desc=f"round {server_round}", unit="client", leave=False, disable=not progress)
+
+    def tracked(results: Iterator[ClientResult]) -> Iterator[ClientResult]:
+        for res in results:
+            bar.update(1)
+            yield res
+
+    new_weights, results = strategy.aggregate_fit(server_round, global_weights, tracked(pool.map(tasks)))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    images = sum(r.metrics["images"] for r in results)
+    row: dict[str, Any] = {
+        "round": server_round,
+        "train_loss": _weighted(results, "train_loss"),
+        "train_acc": _weighted(results, "train_acc"),
+        "num_examples": sum(r.num_examples for r in results),
+        "train_images": int(images),
+        "train_seconds": seconds,
+        "images_per_sec": images / max(seconds, 1e-9),
+        "clients": " ".join(str(r.client_id) for r in results),
+    }
+    return new_weights, row
 
 
 def _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0) -> None:
@@ -235,9 +248,7 @@ def _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0) -> None:
 
 
 def summary_line(row: dict[str, Any], total_rounds: int) -> str:
-    text = (
-        f"round {row['round']:>3}/{total_rounds}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
-    )
+    text = f"round {row['round']:>3}/{total_rounds}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
     if "test_acc" in row:
         text += f"  test loss {row['test_loss']:.3f} acc {row['test_acc']:.3f} top5 {row['test_top5']:.3f}"
     return text + f"  {row['round_seconds']:.1f}s  {row['images_per_sec']:.0f} img/s"

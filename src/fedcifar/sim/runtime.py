@@ -37,8 +37,7 @@ class Runtime:
         precision = "fp32" if self.amp_dtype is None else "bf16 autocast"
         layout = "channels-last" if self.channels_last else "NCHW"
         return (
-            f"{self.device.type}, {precision}, {layout}, {self.workers} worker(s) x "
-            f"{self.threads_per_worker} thread(s)"
+            f"{self.device.type}, {precision}, {layout}, {self.workers} worker(s) x {self.threads_per_worker} thread(s)"
         )
 
 
@@ -65,10 +64,8 @@ def resolve_runtime(cfg: Config) -> Runtime:
         raise ConfigError("device=cuda requested but CUDA is not available")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and not bf16_supported(device)):
-        amp = None
-    else:
-        amp = torch.bfloat16
+    wants_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
+    amp = torch.bfloat16 if wants_bf16 else None
     cores = cpu_count()
     if device.type == "cuda":
         workers = cfg.workers or 2  # two clients in flight overlap Python overhead with kernels

@@ -1,0 +1,55 @@
+import pytest
+
+from fedcifar.config import PRESETS, Config, ConfigError, build_config, config_from_dict, parse_overrides
+
+
+def test_defaults_are_the_papers_setting():
+    cfg = build_config("paper")
+    assert (cfg.num_clients, cfg.alpha, cfg.clients_per_round, cfg.local_epochs) == (64, 0.4, 16, 2)
+    assert (cfg.lr, cfg.batch_size, cfg.rounds, cfg.strategy, cfg.norm) == (1e-3, 64, 100, "fedavg", "batch")
+
+
+def test_sources_apply_in_order_preset_file_set(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("rounds: 7\nalpha: 0.1\n")
+    cfg = build_config("smoke", file, parse_overrides(["alpha=0.9", "augment=false"]))
+    assert cfg.rounds == 7 and cfg.alpha == 0.9 and cfg.augment is False
+    assert cfg.clients_per_round == PRESETS["smoke"]["clients_per_round"]
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["alpha=0"], "alpha must be > 0"),
+        (["alpha=-1"], "alpha must be > 0"),
+        (["clients_per_round=65"], r"clients_per_round \(65\) must be <= num_clients \(64\)"),
+        (["colour=red"], "unknown config key 'colour'"),
+        (["rounds=ten"], "'ten' is not an integer"),
+        (["lr=fast"], "'fast' is not a number"),
+        (["norm=layer"], "norm='layer' is not one of"),
+        (["strategy=fedmagic"], "unknown strategy 'fedmagic'"),
+        (["augment=maybe"], "not a boolean"),
+        (["rounds"], "key=value"),
+    ],
+)
+def test_bad_values_raise_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_config("paper", None, parse_overrides(overrides))
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        build_config("huge")
+    with pytest.raises(ConfigError, match="not found"):
+        build_config("paper", tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        build_config("paper", bad)
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().rounds = 3  # type: ignore[misc]
