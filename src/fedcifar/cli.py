@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedcifar.config import PRESETS, ConfigError, build_config, config_from_dict, parse_overrides
+from fedcifar.serve.cli import add_serve_parser
 
 EXIT_USAGE = 2
 
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="redraw accuracy.png and loss.png from metrics.csv")
     plot.add_argument("run_dir")
     plot.set_defaults(func=cmd_plot)
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -1,0 +1,195 @@
+"""``fedcifar serve``: run the app with uvicorn, optionally with a training run beside it.
+
+Everything that can fail for a user's reason (a missing or corrupt ``--model``, missing label
+names, a port in use) is checked before the server starts, and raised as one line for
+``fedcifar.cli.main`` to print. Heavy imports happen inside :func:`cmd_serve`, so building
+the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger("fedcifar.serve")
+
+INTERRUPTED = {130, -signal.SIGINT, -signal.SIGTERM}  # how a trainer stopped by Ctrl-C or TERM exits
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the global model: upload page, JSON API, live training dashboard",
+        description="Serve top-5 CIFAR-100 predictions at / and /api/predict, and a live dashboard at /dashboard.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--run", metavar="RUN_DIR", help="follow a training run: serve its latest model, reload each new round"
+    )
+    source.add_argument("--model", metavar="FILE", help="serve one exported model_global.safetensors")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--data-dir", help="folder holding cifar-100-python/ for the label names (default: $FEDCIFAR_DATA_DIR)"
+    )
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest declared image size in pixels")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 where native")
+    p.add_argument("--max-batch", type=int, default=64, help="largest micro-batch (default: 64)")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a lone request waits for company")
+    p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between model file checks")
+    p.add_argument(
+        "--train-preset",
+        metavar="PRESET",
+        help="also run `fedcifar train --preset PRESET --out RUN_DIR --auto-resume` beside the server; "
+        "Ctrl-C stops both (needs --run)",
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind now, so a port in use is a one-line error rather than a log line after start-up."""
+    from fedcifar.cli import UserError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def log_config(level: str = "info") -> dict:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = {**LOGGING_CONFIG, "loggers": dict(LOGGING_CONFIG["loggers"])}
+    config["loggers"]["fedcifar"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+class Trainer:
+    """``fedcifar train`` as a child process beside the server (``make run``)."""
+
+    def __init__(self, preset: str, run_dir: Path, data_dir: str | None) -> None:
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "fedcifar",
+            "train",
+            "--preset",
+            preset,
+            "--out",
+            str(run_dir),
+            "--auto-resume",
+        ]
+        if data_dir:
+            self.cmd += ["--data-dir", data_dir]
+        self.proc: subprocess.Popen | None = None
+        self.stopping = False
+
+    def start(self, on_failure) -> None:
+        print(f"fedcifar: training beside the server: {' '.join(self.cmd[2:])}", file=sys.stderr, flush=True)
+        self.proc = subprocess.Popen(self.cmd)
+        threading.Thread(target=self._watch, args=(on_failure,), name="fedcifar-trainer-watch", daemon=True).start()
+
+    def _watch(self, on_failure) -> None:
+        assert self.proc is not None
+        code = self.proc.wait()
+        if self.stopping or code in INTERRUPTED:
+            return
+        if code == 0:
+            log.info("fedcifar serve: training finished; still serving the final model")
+        else:
+            log.error("fedcifar serve: training exited with code %s; stopping the server", code)
+            on_failure()
+
+    def stop(self, grace: float = 30.0) -> int | None:
+        """Stop training as Ctrl-C would (it keeps its last complete round), then wait for it."""
+        if self.proc is None:
+            return None
+        self.stopping = True
+        try:
+            return self.proc.wait(timeout=3)  # a Ctrl-C in the terminal reached it already
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fedcifar.cli import UserError
+    from fedcifar.serve.labels import read_fine_labels
+    from fedcifar.serve.main import create_app
+    from fedcifar.serve.predictor import Predictor, inference_runtime
+    from fedcifar.serve.settings import MB, ServeSettings
+
+    if args.train_preset and not args.run:
+        raise UserError("--train-preset needs --run RUN_DIR (the run directory to train into)")
+    try:
+        settings = ServeSettings(
+            run_dir=Path(args.run) if args.run else None,
+            model_path=Path(args.model) if args.model else None,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            max_upload_bytes=int(args.max_upload_mb * MB),
+            max_pixels=args.max_pixels,
+            precision=args.precision,
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            reload_interval=args.reload_interval,
+        )
+        runtime = inference_runtime(settings.precision, settings.channels_last)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    labels = read_fine_labels(settings.data_dir)  # DataError: one line
+    preloaded = Predictor(runtime).load(settings.model_path) if settings.model_path else None  # CheckpointError
+    sock = listen_socket(args.host, args.port)
+
+    app = create_app(replace(settings, labels=labels), preloaded)
+    config = uvicorn.Config(
+        app,
+        log_config=log_config(),
+        access_log=args.access_log,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    trainer = Trainer(args.train_preset, settings.run_dir, args.data_dir) if args.train_preset else None
+    shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    print(f"fedcifar: serving on http://{shown}:{args.port}/ (dashboard: /dashboard, API docs: /docs)", file=sys.stderr)
+    failed = threading.Event()
+
+    def on_trainer_failure() -> None:
+        failed.set()
+        server.should_exit = True
+
+    try:
+        if trainer is not None:
+            trainer.start(on_trainer_failure)
+        server.run(sockets=[sock])
+    finally:
+        code = trainer.stop() if trainer is not None else None
+        sock.close()
+    if failed.is_set():
+        return int(code or 1) if code not in INTERRUPTED else 1
+    return 0

@@ -1,0 +1,105 @@
+// Live dashboard: polls /api/run every 2 s and redraws the status, curves and partition figure.
+"use strict";
+
+const POLL_MS = 2000;
+let partitionStamp = null;
+const pct = (v) => `${(100 * v).toFixed(0)}%`;
+
+function fmtSeconds(s) {
+  if (s == null) return "";
+  if (s < 90) return `${s.toFixed(0)} s`;
+  if (s < 5400) return `${(s / 60).toFixed(1)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+function lastValue(values) {
+  for (let i = values.length - 1; i >= 0; i--) if (values[i] != null) return values[i];
+  return null;
+}
+
+function showStatus(run) {
+  const states = {
+    waiting: "waiting for training",
+    training: "training",
+    finished: "finished",
+    stalled: "no new round (stopped?)",
+  };
+  document.getElementById("run-dir").textContent = `run directory: ${run.run_dir}`;
+  document.getElementById("state").textContent = states[run.state] || run.state;
+  const total = run.total_rounds == null ? "?" : run.total_rounds;
+  document.getElementById("round").textContent = run.state === "training"
+    ? `${run.current_round} / ${total}` : `${run.rounds_done} / ${total}`;
+  const acc = lastValue(run.metrics.test_acc);
+  document.getElementById("test-acc").textContent = acc == null ? "–" : `${(100 * acc).toFixed(1)}%`;
+
+  const bar = document.getElementById("progress");
+  const fill = document.getElementById("progress-fill");
+  const text = document.getElementById("progress-text");
+  bar.classList.remove("indeterminate");
+  if (run.state === "training" && run.round_progress_estimate != null) {
+    fill.style.width = pct(run.round_progress_estimate);
+    text.textContent = `round ${run.current_round}: about ${pct(run.round_progress_estimate)} ` +
+      `(${fmtSeconds(run.round_elapsed_s)} of a typical ${fmtSeconds(run.mean_round_s)})`;
+  } else if (run.state === "training") {
+    bar.classList.add("indeterminate");
+    text.textContent = `round ${run.current_round} running for ${fmtSeconds(run.round_elapsed_s)}; ` +
+      "an estimate appears after the first round";
+  } else if (run.state === "finished") {
+    fill.style.width = "100%";
+    text.textContent = `all ${run.rounds_done} rounds done`;
+  } else if (run.state === "stalled") {
+    fill.style.width = "0";
+    text.textContent = `last round finished ${fmtSeconds(run.round_elapsed_s)} ago; resume with make run`;
+  } else {
+    fill.style.width = "0";
+    text.textContent = "waiting for fedcifar train to write into this run directory";
+  }
+}
+
+function showCurves(m) {
+  const x = m.round;
+  const percent = (v) => `${(100 * v).toFixed(0)}%`;
+  drawLineChart(document.getElementById("acc-chart"), [
+    { name: "train top-1", color: "#98a2b3", xs: x, ys: m.train_acc, dash: true },
+    { name: "test top-1", color: "#2f6fdd", xs: x, ys: m.test_acc },
+    { name: "test top-5", color: "#12b76a", xs: x, ys: m.test_top5 },
+  ], { yMin: 0, yFormat: percent });
+  drawLineChart(document.getElementById("loss-chart"), [
+    { name: "train loss", color: "#98a2b3", xs: x, ys: m.train_loss, dash: true },
+    { name: "test loss", color: "#d92d20", xs: x, ys: m.test_loss },
+  ], { yMin: 0, yFormat: (v) => v.toFixed(1) });
+}
+
+function showPartition(run) {
+  const img = document.getElementById("partition");
+  document.getElementById("partition-missing").hidden = run.has_partition;
+  img.hidden = !run.has_partition;
+  if (run.has_partition && run.partition_mtime !== partitionStamp) {
+    partitionStamp = run.partition_mtime;
+    img.src = `/api/run/partition.png?v=${partitionStamp}`;
+  }
+}
+
+async function poll() {
+  const errorBox = document.getElementById("error");
+  try {
+    const r = await fetchJSON("/api/run");
+    if (r.ok) {
+      errorBox.hidden = true;
+      showStatus(r.body);
+      showCurves(r.body.metrics);
+      showPartition(r.body);
+      showModelBadge(r.body.model);
+      document.body.dataset.rounds = String(r.body.rounds_done);
+    } else {
+      errorBox.textContent = r.body && r.body.detail ? r.body.detail : `HTTP ${r.status}`;
+      errorBox.hidden = false;
+      refreshModelBadge();
+    }
+  } catch (e) {
+    errorBox.textContent = "the server does not answer; retrying…";
+    errorBox.hidden = false;
+  }
+  setTimeout(poll, POLL_MS);
+}
+poll();
