@@ -93,6 +93,29 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fedcifar.bench.run import IMPLEMENTATIONS, QUICK, BenchOptions, run_bench
+    from fedcifar.bench.workload import Workload
+
+    sizes = dict(QUICK) if args.quick else {}
+    for key, value in (("rounds", args.rounds), ("clients_per_round", args.clients), ("local_epochs", args.epochs)):
+        if value is not None:
+            sizes[key] = value
+    only = tuple(args.only.split(",")) if args.only else IMPLEMENTATIONS
+    unknown = set(only) - set(IMPLEMENTATIONS)
+    if unknown:
+        raise UserError(f"--only takes {', '.join(IMPLEMENTATIONS)}; got {', '.join(sorted(unknown))}")
+    workload = Workload(data_dir=args.data_dir or "", **sizes)
+    if workload.rounds < 1 or workload.clients_per_round < 1 or workload.local_epochs < 1:
+        raise UserError("--rounds, --clients and --epochs must be >= 1")
+    scale = tuple(int(n) for n in args.scale.split(",")) if args.scale else ()
+    opts = BenchOptions(workload, Path(args.out), only, scale)
+    bench = run_bench(opts, say=lambda line: print(line, file=sys.stderr, flush=True))
+    print((Path(args.out) / "bench.md").read_text(), end="")
+    print(f"wrote {Path(args.out) / 'bench.json'}", file=sys.stderr)
+    return 1 if any("error" in r for r in bench["results"].values()) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcifar", description="Federated learning on CIFAR-100.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--out", required=True)
     _add_data_args(part)
     part.set_defaults(func=cmd_partition)
+
+    bench = sub.add_parser("bench", help="time fedcifar against the paper-style pipeline and Flower, one run")
+    bench.add_argument("--quick", action="store_true", help="3 rounds of 4 clients, 1 local epoch (about 10 minutes)")
+    bench.add_argument("--rounds", type=int, help="rounds per implementation (round 1 is warm-up; default 3)")
+    bench.add_argument("--clients", type=int, help="clients trained per round (default 16)")
+    bench.add_argument("--epochs", type=int, help="local epochs (default 2)")
+    bench.add_argument("--only", help="comma-separated subset of: fedcifar,paper-style,flower")
+    bench.add_argument("--scale", default="64,1000", help="federation sizes for the memory check ('' to skip)")
+    bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and logs (default: bench)")
+    bench.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $FEDCIFAR_DATA_DIR)")
+    bench.set_defaults(func=cmd_bench)
 
     plot = sub.add_parser("plot", help="redraw accuracy.png and loss.png from metrics.csv")
     plot.add_argument("run_dir")

@@ -25,6 +25,7 @@ Partitioner = Literal["dirichlet", "iid", "shards"]
 Norm = Literal["batch", "group"]
 Precision = Literal["auto", "bf16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
+Compile = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Config:
     channels_last: bool = True
     workers: int = 0  # parallel client trainers; 0 picks from the hardware
     threads_per_worker: int = 0  # torch intra-op threads; 0 picks from the hardware
+    compile: Compile = "auto"  # torch.compile the client model; auto: only when the run is long enough to repay it
 
     def __post_init__(self) -> None:
         validate(self)

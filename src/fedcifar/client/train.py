@@ -41,14 +41,19 @@ class ClientResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind a ``torch.compile`` wrapper (which shares its parameters)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
     """Copy ``weights`` into ``model`` in place (dtype, device and strides of the model kept)."""
-    model.load_state_dict(weights, strict=True)
+    unwrap(model).load_state_dict(weights, strict=True)
 
 
 def read_weights(model: nn.Module) -> Weights:
     """A detached copy of the model's full state (parameters and buffers)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
 
 
 def _batches(n: int, batch_size: int, epochs: int, steps: int, generator: torch.Generator):
@@ -84,6 +89,7 @@ def train_client(
     start = time.perf_counter()
     device = runtime.device
     load_weights(model, global_weights)
+    setup = time.perf_counter() - start  # the weight broadcast, reported as round overhead
     model.train()
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     generator = torch.Generator(device=device).manual_seed(instructions.seed)
@@ -117,6 +123,9 @@ def train_client(
         trained += len(y)
         steps += 1
 
+    t_read = time.perf_counter()
+    weights = read_weights(model)
+    setup += time.perf_counter() - t_read
     seconds = time.perf_counter() - start
     metrics = {
         "train_loss": float(loss_sum) / max(seen, 1),
@@ -124,8 +133,9 @@ def train_client(
         "steps": float(steps),
         "images": float(trained),
         "seconds": seconds,
+        "setup_seconds": setup,
     }
-    return ClientResult(client_id, read_weights(model), n, metrics)
+    return ClientResult(client_id, weights, n, metrics)
 
 
 @torch.inference_mode()
@@ -138,6 +148,7 @@ def evaluate(
     batch_size: int = 1000,
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (fractions) of ``weights`` on uint8 ``images``."""
+    model = unwrap(model)  # evaluation runs eagerly: no second compilation for eval mode
     if weights is not None:
         load_weights(model, weights)
     model.eval()

@@ -2,17 +2,19 @@
 
 Workers are threads: PyTorch releases the GIL inside its kernels, so W threads running
 single-threaded ops keep W cores busy while sharing one in-memory dataset. Each worker
-borrows a model from the pool for a task and gives it back; models are reloaded from the
-global weights by the task, never deep-copied.
+borrows a slot (a model, plus a CUDA stream on GPUs) for a task and gives it back; models
+are reloaded from the global weights by the task, never deep-copied.
 """
 
 from __future__ import annotations
 
 import queue
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -20,23 +22,49 @@ R = TypeVar("R")
 Task = Callable[[nn.Module], R]
 
 
+@dataclass
+class Slot:
+    model: nn.Module
+    stream: Any = None  # a torch.cuda.Stream, or None on CPU
+
+
+def largest_first(sizes: Sequence[int]) -> list[int]:
+    """Positions of ``sizes`` from largest to smallest (stable for ties).
+
+    Submitting the longest clients first (LPT scheduling) keeps the last worker from idling
+    while one big client finishes alone at the end of a round.
+    """
+    return sorted(range(len(sizes)), key=lambda i: -sizes[i])
+
+
 class ModelPool:
-    def __init__(self, model_factory: Callable[[], nn.Module], workers: int) -> None:
+    def __init__(
+        self,
+        model_factory: Callable[[], nn.Module],
+        workers: int,
+        stream_factory: Callable[[], Any] | None = None,
+        stream_context: Callable[[Any], AbstractContextManager] | None = None,
+    ) -> None:
         self.workers = workers
-        self._models: queue.Queue[nn.Module] = queue.Queue()
+        self._stream_context = stream_context or (lambda _s: nullcontext())
+        self._slots: queue.Queue[Slot] = queue.Queue()
         for _ in range(workers):
-            self._models.put(model_factory())
+            self._slots.put(Slot(model_factory(), stream_factory() if stream_factory else None))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedcifar-client")
 
     def _call(self, task: Task) -> R:
-        model = self._models.get()
+        slot = self._slots.get()
         try:
-            return task(model)
+            with self._stream_context(slot.stream):
+                result = task(slot.model)
+            if slot.stream is not None:
+                slot.stream.synchronize()  # results are read on other streams next
+            return result
         finally:
-            self._models.put(model)
+            self._slots.put(slot)
 
     def borrow(self, task: Task) -> R:
-        """Run ``task`` on an idle model in the calling thread (for evaluation)."""
+        """Run ``task`` on an idle model in the calling thread."""
         return self._call(task)
 
     def map(self, tasks: Iterable[Task]) -> Iterator[R]:

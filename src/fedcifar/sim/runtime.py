@@ -1,8 +1,10 @@
-"""Where and how to compute: device, precision, memory format and the worker layout.
+"""Where and how to compute: device, precision, memory format, compilation and the worker layout.
 
 These choices change speed, not the algorithm. ``auto`` picks CUDA when present, bf16
 autocast where the hardware runs it natively, and as many single-thread CPU workers as
 there are cores (two one-thread workers beat one two-thread worker on small convnets).
+On CUDA, the data and its augmentation stay on the GPU and each worker owns a CUDA stream,
+so several clients are in flight at once.
 """
 
 from __future__ import annotations
@@ -10,10 +12,16 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from fedcifar.config import Config
+
+# Below this many training images per worker, torch.compile's warm-up (~50 s per model on
+# this CPU) costs more than its ~5 % speed-up returns; on CUDA the gain is larger.
+COMPILE_MIN_IMAGES_PER_WORKER = {"cpu": 2_000_000, "cuda": 200_000}
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,7 @@ class Runtime:
     channels_last: bool
     workers: int
     threads_per_worker: int
+    compile: bool = False
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -33,11 +42,34 @@ class Runtime:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def new_stream(self) -> Any:
+        """A side stream for one worker on CUDA, so workers' kernels overlap; None on CPU."""
+        return torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+
+    def stream(self, stream: Any) -> AbstractContextManager:
+        """Run the enclosed kernels on ``stream`` (no-op on CPU or for None)."""
+        return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move a fresh model to the device and memory format, compiled if chosen."""
+        model = model.to(self.device, memory_format=self.memory_format)
+        return torch.compile(model) if self.compile else model
+
+    def apply_global_settings(self) -> None:
+        """Process-wide knobs: intra-op threads; cuDNN autotuning and TF32 on CUDA."""
+        torch.set_num_threads(self.threads_per_worker)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
     def describe(self) -> str:
         precision = "fp32" if self.amp_dtype is None else "bf16 autocast"
         layout = "channels-last" if self.channels_last else "NCHW"
+        compiled = ", torch.compile" if self.compile else ""
         return (
-            f"{self.device.type}, {precision}, {layout}, {self.workers} worker(s) x {self.threads_per_worker} thread(s)"
+            f"{self.device.type}, {precision}, {layout}{compiled}, "
+            f"{self.workers} worker(s) x {self.threads_per_worker} thread(s)"
         )
 
 
@@ -57,6 +89,34 @@ def bf16_supported(device: torch.device) -> bool:
         return False
 
 
+def worker_layout(device_type: str, cores: int, clients_per_round: int, workers: int = 0, threads: int = 0):
+    """(workers, threads per worker) for a device and core count; explicit values win.
+
+    CPU: one single-thread worker per core (capped by the clients a round trains), because a
+    ResNet-18 at batch 64 scales worse across intra-op threads than across independent
+    clients. CUDA: two workers, each on its own stream, keep the GPU busy while the other
+    one runs Python.
+    """
+    if device_type == "cuda":
+        workers = workers or min(2, clients_per_round)
+        threads = threads or max(1, min(4, cores))
+    else:
+        workers = workers or max(1, min(cores, clients_per_round))
+        threads = threads or max(1, cores // workers)
+    return workers, threads
+
+
+def compile_pays(cfg: Config, device_type: str, workers: int) -> bool:
+    """``compile=auto``: compile only when a run trains enough images to repay the warm-up."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    per_client = 50_000 / cfg.num_clients * cfg.local_epochs
+    if cfg.local_steps:
+        per_client = cfg.local_steps * cfg.batch_size
+    images_per_worker = cfg.rounds * cfg.clients_per_round * per_client / max(workers, 1)
+    return images_per_worker >= COMPILE_MIN_IMAGES_PER_WORKER[device_type]
+
+
 def resolve_runtime(cfg: Config) -> Runtime:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         from fedcifar.config import ConfigError
@@ -66,11 +126,7 @@ def resolve_runtime(cfg: Config) -> Runtime:
     device = torch.device("cuda" if use_cuda else "cpu")
     wants_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
     amp = torch.bfloat16 if wants_bf16 else None
-    cores = cpu_count()
-    if device.type == "cuda":
-        workers = cfg.workers or 2  # two clients in flight overlap Python overhead with kernels
-        threads = cfg.threads_per_worker or max(1, min(4, cores))
-    else:
-        workers = cfg.workers or max(1, min(cores, cfg.clients_per_round))
-        threads = cfg.threads_per_worker or max(1, cores // workers)
-    return Runtime(device, amp, cfg.channels_last, workers, threads)
+    workers, threads = worker_layout(
+        device.type, cpu_count(), cfg.clients_per_round, cfg.workers, cfg.threads_per_worker
+    )
+    return Runtime(device, amp, cfg.channels_last, workers, threads, compile_pays(cfg, device.type, workers))
