@@ -1,0 +1,1 @@
+"""flowerbench: fedcifar's benchmark workload as a Flower app (Flower's PyTorch quickstart layout)."""

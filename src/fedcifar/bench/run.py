@@ -1,0 +1,165 @@
+"""``fedcifar bench``: the same federated workload through every implementation, in one run.
+
+Each implementation runs in a child process of its own, so its memory is its own: the
+kernel's peak RSS of the child, and the peak PSS summed over the child's whole process tree
+(Flower's Ray backend runs many processes). Children run one after another on an otherwise
+quiet machine; nothing here is timed in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcifar.bench.memory import TreeSampler
+from fedcifar.bench.report import markdown, summarize
+from fedcifar.bench.workload import Workload
+
+IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower")
+QUICK = {"rounds": 3, "clients_per_round": 4, "local_epochs": 1}
+REPO_BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    workload: Workload
+    out_dir: Path
+    implementations: tuple[str, ...] = IMPLEMENTATIONS
+    scale_clients: tuple[int, ...] = (64, 1000)
+    benchmarks_dir: Path = REPO_BENCHMARKS
+    probe_seconds: float = 2.0
+    probe_sizes: tuple[int, ...] = (1024, 2048, 3072, 4096)
+    timeout: float = 6 * 3600.0
+    python: str = sys.executable
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def describe(w: Workload) -> str:
+    return (
+        f"ResNet-18, CIFAR-100, {w.clients_per_round} of {w.num_clients} clients per round "
+        f"(Dirichlet {w.alpha}), {w.local_epochs} local epoch(s), Adam {w.lr:g}, batch {w.batch_size}, "
+        f"{w.rounds} rounds (round 1 is warm-up and not counted when there are more)"
+    )
+
+
+def run_child(cmd: list[str], out_json: Path, log_file: Path, timeout: float, env: dict[str, str]) -> dict[str, Any]:
+    """Run one measurement in its own session; add its process tree's peak memory."""
+    start = time.perf_counter()
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        with TreeSampler(proc.pid) as sampler:
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                _end_session(proc.pid)  # a child that is done may leave helpers (Ray) behind
+    seconds = time.perf_counter() - start
+    if code != 0 or not out_json.exists():
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        reason = "timed out" if code is None else f"exit code {code}: {tail[0][:200]}"
+        return {"error": reason, "log": str(log_file), "wall_seconds": seconds}
+    result = json.loads(out_json.read_text())
+    result.update(
+        peak_rss_tree_mb=sampler.peak.rss_mb,
+        peak_pss_tree_mb=sampler.peak.pss_mb,
+        processes=sampler.peak.processes,
+        wall_seconds=seconds,
+        log=str(log_file),
+    )
+    return result
+
+
+def _end_session(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+
+
+def commands(opts: BenchOptions, workload_file: Path, out: Callable[[str], Path]) -> dict[str, list[str]]:
+    py, w = opts.python, str(workload_file)
+    cmds = {
+        "probe": [
+            py,
+            "-m",
+            "fedcifar.bench.impl",
+            "probe",
+            w,
+            str(out("probe")),
+            "--probe-seconds",
+            f"{opts.probe_seconds}",
+            "--probe-sizes",
+            ",".join(map(str, opts.probe_sizes)),
+        ],
+        "fedcifar": [py, "-m", "fedcifar.bench.impl", "engine", w, str(out("fedcifar"))],
+        "paper-style": [py, str(opts.benchmarks_dir / "paper_style.py"), w, str(out("paper-style"))],
+        "flower": [py, str(opts.benchmarks_dir / "flower_app" / "simulate.py"), w, str(out("flower"))],
+    }
+    for n in opts.scale_clients:
+        cmds[f"scale-{n}"] = [py, "-m", "fedcifar.bench.impl", "scale", w, str(out(f"scale-{n}")), "--clients", str(n)]
+    return cmds
+
+
+def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every part, write ``bench.json`` and ``bench.md`` into ``opts.out_dir``; return the data."""
+    out_dir = opts.out_dir
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    workload_file = out_dir / "workload.json"
+    opts.workload.save(workload_file)
+    env = {**os.environ, **opts.extra_env}
+
+    def out(name: str) -> Path:
+        path = out_dir / "logs" / f"{name}.json"
+        path.unlink(missing_ok=True)
+        return path
+
+    cmds = commands(opts, workload_file, out)
+    order = [
+        "probe",
+        *[i for i in IMPLEMENTATIONS if i in opts.implementations],
+        *[f"scale-{n}" for n in opts.scale_clients],
+    ]
+    if "fedcifar" not in opts.implementations:
+        order.remove("probe")
+    parts: dict[str, dict[str, Any]] = {}
+    for name in order:
+        say(f"bench: {name} ...")
+        parts[name] = run_child(
+            cmds[name], out_dir / "logs" / f"{name}.json", out_dir / "logs" / f"{name}.log", opts.timeout, env
+        )
+        status = parts[name].get("error") or f"{parts[name]['wall_seconds']:.0f}s"
+        say(f"bench: {name} done ({status})")
+
+    results = {k: v for k, v in parts.items() if k in IMPLEMENTATIONS}
+    probe = parts.get("probe")
+    probe = probe if probe and "error" not in probe else None
+    bench = {
+        "workload": dataclasses.asdict(opts.workload),
+        "workload_text": describe(opts.workload),
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "results": results,
+        "probe": probe,
+        "memory_scaling": {str(n): parts[f"scale-{n}"] for n in opts.scale_clients},
+    }
+    bench["summary"] = summarize({k: v for k, v in results.items() if "error" not in v}, probe)
+    (out_dir / "bench.json").write_text(json.dumps(bench, indent=1))
+    table = markdown(bench)
+    (out_dir / "bench.md").write_text(table)
+    return bench

@@ -1,0 +1,147 @@
+"""fedcifar bench: the shared workload, the probes, the memory sampler, the report, and a tiny
+end-to-end run of fedcifar against the paper-style pipeline (real CIFAR-100, 1-2 steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedcifar.bench.impl import engine_config
+from fedcifar.bench.memory import TreeSampler, memory_kb, process_tree
+from fedcifar.bench.probes import peak_matmul, training_flops_per_image
+from fedcifar.bench.report import markdown, summarize
+from fedcifar.bench.run import BenchOptions, run_bench, run_child
+from fedcifar.bench.workload import Workload, measured
+from fedcifar.model.resnet import build_model
+from fedcifar.sim.engine import partition_for
+from fedcifar.sim.runtime import Runtime
+from fedcifar.strategy.selection import uniform
+
+
+def test_workload_is_the_engines_partition_and_selection():
+    w = Workload(rounds=3, clients_per_round=5)
+    cfg = engine_config(w)
+    labels = np.repeat(np.arange(100), 500)
+    assert all(np.array_equal(a, b) for a, b in zip(w.partition(labels), partition_for(cfg, labels), strict=True))
+    assert cfg.client_selection == "uniform"  # the engine's default draws with selection.uniform
+    assert w.schedule() == [uniform(cfg.num_clients, cfg.clients_per_round, cfg.seed, r) for r in (1, 2, 3)]
+
+
+def test_workload_round_trips_through_json(tmp_path):
+    w = Workload(rounds=2, local_steps=3, data_dir="/x")
+    w.save(tmp_path / "w.json")
+    assert Workload.load(tmp_path / "w.json") == w
+    assert len(json.loads((tmp_path / "w.json").read_text())["schedule"]) == 2
+
+
+@pytest.mark.parametrize(("steps", "n", "expected"), [(0, 100, 200), (1, 100, 64), (2, 100, 100), (3, 100, 164)])
+def test_client_images_follows_epochs_or_steps(steps, n, expected):
+    assert Workload(local_epochs=2, local_steps=steps, batch_size=64).client_images(n) == expected
+
+
+def test_measured_drops_the_warmup_round_only_when_others_remain():
+    assert measured([5.0, 1.0, 2.0]) == [1.0, 2.0]
+    assert measured([5.0]) == [5.0]
+
+
+def test_resnet18_training_costs_about_3_33_gflops_per_image():
+    runtime = Runtime(torch.device("cpu"), torch.bfloat16, True, 1, 1)
+    flops = training_flops_per_image(build_model(), runtime, batch_size=2)
+    assert flops == pytest.approx(3.33e9, rel=0.02)
+
+
+def test_flop_counter_matches_a_linear_layer_by_hand():
+    fp32 = Runtime(torch.device("cpu"), None, False, 1, 1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 100))
+    # forward 2*in*out; backward computes only the weight gradient (the input needs none): 2*in*out
+    assert training_flops_per_image(model, fp32, batch_size=4) == 4 * 3 * 32 * 32 * 100
+
+
+def test_peak_matmul_reports_every_size_in_the_given_layout():
+    peak = peak_matmul(torch.float32, workers=2, threads=1, sizes=(64, 128), seconds=0.02)
+    assert set(peak.by_size) == {64, 128} and peak.flops_per_sec == max(peak.by_size.values()) > 0
+    assert (peak.dtype, peak.workers, peak.threads_per_worker) == ("float32", 2, 1)
+    assert torch.get_num_threads() >= 1
+
+
+def test_memory_sampler_sees_a_child_process():
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50_000_000); time.sleep(3)"])
+    try:
+        time.sleep(1.0)
+        assert child.pid in process_tree(os.getpid())
+        rss, pss = memory_kb(child.pid)
+        assert rss > 40_000 and 0 < pss <= rss
+        with TreeSampler(os.getpid(), interval=0.05) as sampler:
+            time.sleep(0.3)
+        assert sampler.peak.rss_mb > 40 and sampler.peak.processes >= 2
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_run_child_reports_results_memory_and_failures(tmp_path):
+    out = tmp_path / "r.json"
+    code = f"import json, time; json.dump({{'impl': 'x'}}, open({str(out)!r}, 'w')); time.sleep(0.6)"
+    ok = run_child([sys.executable, "-c", code], out, tmp_path / "ok.log", 60, dict(os.environ))
+    assert ok["impl"] == "x" and ok["peak_rss_tree_mb"] > 0 and ok["processes"] >= 1
+    bad = run_child(
+        [sys.executable, "-c", "raise SystemExit('boom')"], tmp_path / "none.json", tmp_path / "b.log", 60, {}
+    )
+    assert "exit code 1" in bad["error"] and "boom" in bad["error"]
+
+
+def _result(name, spr, ips, precision="fp32"):
+    return {"impl": name, "seconds_per_round": spr, "images_per_sec": ips, "precision": precision, "runtime": name}
+
+
+def test_summary_ratios_and_targets():
+    results = {
+        "fedcifar": {**_result("fedcifar", 10.0, 120.0, "bf16"), "overhead_fraction": 0.01},
+        "paper-style": _result("paper-style", 40.0, 30.0),
+        "flower": _result("flower", 25.0, 48.0),
+    }
+    probe = {"flops_per_image": 3.3e9, "peak_matmul_bfloat16": 400e9, "peak_matmul_float32": 150e9}
+    s = summarize(results, probe)
+    assert s["speedup_vs_paper_images_per_sec"] == pytest.approx(4.0)
+    assert s["speedup_vs_flower_seconds_per_round"] == pytest.approx(2.5)
+    assert s["fraction_of_peak_matmul"] == pytest.approx(3.3e9 * 120 / 400e9)  # bf16 run: bf16 peak
+    assert s["met"] == {
+        "3x paper-style images/s": True,
+        "2x Flower seconds/round": True,
+        ">= 90% of bf16 peak matmul": True,
+        "overhead < 2% of round": True,
+    }
+    table = markdown({"workload_text": "w", "results": results, "summary": s, "memory_scaling": {}})
+    assert "| fedcifar |" in table and "| 4.00x |" in table and "| 99.00 % |" in table
+
+
+def test_summary_without_competitors_leaves_ratios_out():
+    s = summarize({"fedcifar": _result("fedcifar", 10.0, 120.0)}, None)
+    assert "speedup_vs_paper_images_per_sec" not in s and s["met"]["3x paper-style images/s"] is None
+
+
+def test_tiny_bench_end_to_end(tmp_path, cifar):
+    w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
+    opts = BenchOptions(
+        w, tmp_path, ("fedcifar", "paper-style"), scale_clients=(64, 500), probe_seconds=0.02, probe_sizes=(64,)
+    )
+    bench = run_bench(opts, say=lambda _line: None)
+    for name in ("fedcifar", "paper-style"):
+        r = bench["results"][name]
+        assert "error" not in r, r
+        assert r["train_images"] == [32, 32] and r["seconds_per_round"] > 0 and r["peak_rss_self_mb"] > 100
+    assert bench["probe"]["flops_per_image"] == pytest.approx(3.33e9, rel=0.02)
+    assert set(bench["memory_scaling"]) == {"64", "500"}
+    assert all(m["peak_rss_self_mb"] > 0 for m in bench["memory_scaling"].values())
+    assert "speedup_vs_paper_images_per_sec" in bench["summary"]
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(bench["summary"]))
+    assert "| paper-style |" in (tmp_path / "bench.md").read_text()
