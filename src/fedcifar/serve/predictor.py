@@ -41,6 +41,10 @@ class NoModelYet(RuntimeError):
     """The server follows a run whose first round has not finished."""
 
 
+class ModelChanged(CheckpointError):
+    """The model file was replaced during loading; load again."""
+
+
 @dataclass(frozen=True)
 class FileStamp:
     """Identity of a model file version: a new atomic write changes at least one field."""
@@ -95,6 +99,10 @@ class Predictor:
         """Build, fill and warm up a model from an exported file. Raises CheckpointError."""
         stamp = FileStamp.of(path)
         weights, info = load_global(path)
+        if FileStamp.of(path) != stamp:
+            # load_global opens the file twice (metadata, then tensors): a replacement in between
+            # could pair one round's metadata with another's weights. Never serve that mix.
+            raise ModelChanged(f"{path} was replaced while loading; loading the new version instead")
         norm = info.get("norm", "batch")
         num_classes = int(info.get("num_classes") or 100)
         try:

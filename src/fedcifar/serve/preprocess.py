@@ -48,6 +48,8 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000) -> torch.Tensor:
     try:
         img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
+        if (fmt := sniff_format(data)) is not None:
+            raise ImageRejected(400, f"corrupt {fmt} image: its header cannot be read") from None
         raise ImageRejected(415, f"not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise ImageRejected(413, f"image rejected as a decompression bomb: {exc}") from None
@@ -75,6 +77,21 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000) -> torch.Tensor:
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageRejected(400, f"corrupt or truncated {img.format} image ({_one_line(exc)})") from None
     return to_tensor(fit_square(rgb))
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format whose signature ``data`` starts with, if any (to tell corrupt from foreign)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith(b"BM"):
+        return "BMP"
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from fedcifar.serve.predictor import FileStamp, ModelStore, Predictor
+from fedcifar.serve.predictor import FileStamp, ModelChanged, ModelStore, Predictor
 from fedcifar.track.checkpoint import CheckpointError
 
 log = logging.getLogger("fedcifar.serve")
@@ -33,6 +33,8 @@ class ModelWatcher:
             return False
         try:
             loaded = self.predictor.load(self.path)
+        except ModelChanged:
+            return False  # the next poll loads the newer version
         except CheckpointError as exc:
             if FileStamp.of(self.path) != stamp:  # replaced while we read it: try the newer one next time
                 return False
