@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 Partitioner = Literal["dirichlet", "iid", "shards"]
-Norm = Literal["batch", "group"]
+Norm = Literal["batch", "group", "fedbn"]
+ClientWeighting = Literal["num_examples", "uniform", "feddisco"]
+ClientOptimizer = Literal["adam", "sgd"]
 Precision = Literal["auto", "bf16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
 Compile = Literal["auto", "on", "off"]
@@ -48,11 +50,26 @@ class Config:
     batch_size: int = 64
     lr: float = 1e-3
     augment: bool = True
-    # model
+    client_optimizer: ClientOptimizer = "adam"  # sgd makes SCAFFOLD's correction exactly the paper's
+    # model ("fedbn": BatchNorm layers stay local to each client, see strategy/fedbn.py)
     norm: Norm = "batch"
     # server strategy and its parameters (unused ones are ignored by a strategy)
     strategy: str = "fedavg"
     client_selection: str = "uniform"
+    client_weighting: ClientWeighting = "num_examples"
+    proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
+    server_lr: float = 0.0  # fedavgm, fedadam/yogi/adagrad, scaffold; 0 = the strategy's default
+    server_momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9  # fedadam, fedyogi, fedadagrad (Reddi et al. 2021)
+    beta2: float = 0.99  # fedadam, fedyogi
+    tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity
+    trim_ratio: float = 0.1  # trimmed_mean: fraction cut at each end, per coordinate
+    krum_byzantine: int = 0  # krum, multikrum: assumed number f of Byzantine clients
+    krum_select: int = 0  # multikrum: clients averaged; 0 = clients_per_round - f
+    poc_candidates: int = 0  # power_of_choice: candidate set size d; 0 = min(num_clients, 2 * clients_per_round)
+    poc_samples: int = 0  # power_of_choice: images per candidate for its loss; 0 = all (pow-d), > 0 = cpow-d
+    disco_a: float = 0.5  # feddisco weighting: penalty on label discrepancy
+    disco_b: float = 0.1  # feddisco weighting: offset
     # evaluation
     eval_every: int = 1
     eval_limit: int = 0  # > 0 evaluates on the first N test images only (smoke/tests)
@@ -196,6 +213,28 @@ def save_yaml(cfg: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], None]) -> None:
+    k, f = cfg.clients_per_round, cfg.krum_byzantine
+    need(cfg.proximal_mu >= 0, f"proximal_mu must be >= 0, got {cfg.proximal_mu}")
+    need(cfg.server_lr >= 0, f"server_lr must be >= 0 (0 = the strategy's default), got {cfg.server_lr}")
+    need(0 <= cfg.server_momentum < 1, f"server_momentum must be in [0, 1), got {cfg.server_momentum}")
+    need(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
+    need(cfg.tau > 0, f"tau must be > 0, got {cfg.tau}")
+    need(0 <= cfg.trim_ratio < 0.5, f"trim_ratio must be in [0, 0.5), got {cfg.trim_ratio}")
+    need(f >= 0, "krum_byzantine must be >= 0")
+    need(
+        f == 0 or 2 * f + 2 < k,
+        f"krum needs clients_per_round > 2 * krum_byzantine + 2, got {k} clients for f={f}",
+    )
+    need(0 <= cfg.krum_select <= k - f, f"krum_select must be in [0, clients_per_round - krum_byzantine = {k - f}]")
+    need(
+        cfg.poc_candidates == 0 or k <= cfg.poc_candidates <= cfg.num_clients,
+        f"poc_candidates must be 0 or in [clients_per_round, num_clients] = [{k}, {cfg.num_clients}]",
+    )
+    need(cfg.poc_samples >= 0, "poc_samples must be >= 0")
+    need(cfg.disco_a >= 0, "disco_a must be >= 0")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks. Registry checks import lazily to keep this module standalone."""
 
@@ -222,6 +261,7 @@ def validate(cfg: Config) -> None:
     need(cfg.eval_batch_size >= 1, "eval_batch_size must be >= 1")
     need(cfg.workers >= 0, "workers must be >= 0")
     need(cfg.threads_per_worker >= 0, "threads_per_worker must be >= 0")
+    _validate_strategy_params(cfg, need)
 
     from fedcifar.strategy.registry import validate_names
 

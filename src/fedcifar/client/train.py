@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedcifar.client.hooks import Control, LocalHooks, overlay_weights
 from fedcifar.data.augment import Normalize, random_crop_flip
 from fedcifar.sim.runtime import Runtime
 
@@ -31,6 +32,11 @@ class ClientInstructions:
     batch_size: int = 64
     lr: float = 1e-3
     augment: bool = True
+    optimizer: str = "adam"  # or "sgd" (plain)
+    # Hooks for other algorithms (client/hooks.py); the defaults leave plain FedAvg training.
+    proximal_mu: float = 0.0  # FedProx
+    control: Control | None = None  # SCAFFOLD's (c, c_i)
+    local_weights: Mapping[str, torch.Tensor] | None = None  # entries that replace global ones (FedBN)
 
 
 @dataclass
@@ -39,6 +45,7 @@ class ClientResult:
     weights: Weights
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    state: dict[str, Weights] = field(default_factory=dict)  # named client state to keep, e.g. "control"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -94,7 +101,11 @@ def train_client(
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     generator = torch.Generator(device=device).manual_seed(instructions.seed)
     normalize = Normalize(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=instructions.lr)
+    if instructions.local_weights:
+        overlay_weights(model, instructions.local_weights)
+    optimizer_class = torch.optim.SGD if instructions.optimizer == "sgd" else torch.optim.Adam
+    optimizer = optimizer_class(model.parameters(), lr=instructions.lr)
+    hooks = LocalHooks(model, instructions.proximal_mu, instructions.control, device)
     loss_fn = nn.CrossEntropyLoss()
 
     n = len(labels)
@@ -116,7 +127,9 @@ def train_client(
             loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        hooks.after_backward()
         optimizer.step()
+        hooks.after_step(instructions.lr)
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -135,7 +148,7 @@ def train_client(
         "seconds": seconds,
         "setup_seconds": setup,
     }
-    return ClientResult(client_id, weights, n, metrics)
+    return ClientResult(client_id, weights, n, metrics, hooks.state(steps, instructions.lr))
 
 
 @torch.inference_mode()

@@ -15,7 +15,8 @@ def group_norm(num_channels: int, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(min(groups, num_channels), num_channels)
 
 
-NORM_LAYERS = {"batch": nn.BatchNorm2d, "group": partial(group_norm)}
+# "fedbn" is a BatchNorm network whose BN layers stay with each client (strategy/fedbn.py).
+NORM_LAYERS = {"batch": nn.BatchNorm2d, "group": partial(group_norm), "fedbn": nn.BatchNorm2d}
 
 
 def build_model(norm: str = "batch", num_classes: int = NUM_CLASSES, seed: int = 0) -> nn.Module:

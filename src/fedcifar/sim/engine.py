@@ -30,7 +30,9 @@ from fedcifar.data.partition import Partition, class_counts, make_partition
 from fedcifar.model.resnet import build_model
 from fedcifar.sim.executor import ModelPool, largest_first
 from fedcifar.sim.runtime import Runtime, resolve_runtime
+from fedcifar.strategy.population import Population
 from fedcifar.strategy.registry import SELECTORS, build_strategy
+from fedcifar.strategy.selection import SelectionContext
 from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
 from fedcifar.track.metrics import MetricsLog
 from fedcifar.track.plots import plot_curves, plot_partition
@@ -90,6 +92,7 @@ class Federation:
             batch_size=cfg.batch_size,
             lr=cfg.lr,
             augment=cfg.augment,
+            optimizer=cfg.client_optimizer,
             **extra,
         )
 
@@ -114,6 +117,34 @@ def evaluate_parallel(
     ]
     parts = list(pool.map(tasks))
     return {k: sum(p[k] * (b - a) for p, (a, b) in zip(parts, bounds, strict=True)) / max(n, 1) for k in parts[0]}
+
+
+def _selection_context(fed: Federation, pool: ModelPool, population, global_weights, server_round: int):
+    """What a selector may use: sizes, and the candidates' losses on the current global model."""
+    cfg = fed.cfg
+    return SelectionContext(
+        server_round,
+        cfg.seed,
+        cfg.clients_per_round,
+        population.sizes,
+        cfg.poc_candidates,
+        partial(_local_losses, fed, pool, global_weights, server_round),
+    )
+
+
+def _local_losses(fed: Federation, pool: ModelPool, weights, server_round: int, client_ids) -> list[float]:
+    """Loss of ``weights`` on each client's training images (a seeded subset if poc_samples > 0)."""
+    cfg = fed.cfg
+    tasks = []
+    for cid in client_ids:
+        images, labels = fed.client_data(cid)
+        if 0 < cfg.poc_samples < len(labels):
+            g = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, cid) + 1)
+            idx = torch.randperm(len(labels), generator=g)[: cfg.poc_samples].to(labels.device)
+            images, labels = images[idx], labels[idx]
+        run = partial(evaluate, weights=weights, runtime=fed.runtime, batch_size=cfg.eval_batch_size)
+        tasks.append(partial(run, images=images, labels=labels))
+    return [scores["loss"] for scores in pool.map(tasks)]
 
 
 def _weighted(results: list[ClientResult], key: str) -> float:
@@ -162,6 +193,8 @@ def run_training(
     fed = Federation(
         cfg, data.to(runtime.device), [torch.as_tensor(p, device=runtime.device) for p in partition], runtime
     )
+    population = Population.from_partition(labels, partition)
+    strategy.setup(population)
     test_x, test_y = fed.data.test_x, fed.data.test_y
     if cfg.eval_limit:
         test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
@@ -183,7 +216,7 @@ def run_training(
             tqdm.write(f"fedcifar: {cfg.rounds} rounds on {runtime.describe()} -> {run_dir}")
         for server_round in rounds_bar:
             t0 = time.perf_counter()
-            sampled = select(cfg.num_clients, cfg.clients_per_round, cfg.seed, server_round)
+            sampled = select(_selection_context(fed, pool, population, global_weights, server_round))
             global_weights, row = _fit_round(fed, strategy, pool, server_round, sampled, global_weights, progress)
             if server_round % cfg.eval_every == 0 or server_round == cfg.rounds:
                 t_eval = time.perf_counter()

@@ -74,3 +74,31 @@ def weighted_mean(states: Iterable[Mapping[str, torch.Tensor]], weights: Iterabl
 def subtract(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Weights:
     """a - b for float tensors (the pseudo-gradient's building block)."""
     return {k: a[k] - b[k] for k in a if is_float(a[k])}
+
+
+STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_statistic(key: str) -> bool:
+    """A BatchNorm running statistic: a buffer estimated from data, not a trained parameter."""
+    return key.endswith(STATISTIC_SUFFIXES)
+
+
+def pseudo_gradient(global_weights: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> Weights:
+    """Δ = mean - x over trained parameters only (Reddi et al. 2021 use this sign: x + ηΔ).
+
+    Running statistics are left out on purpose: a server optimizer would move them by
+    steps unrelated to the data (Adam could even make a variance negative), so they take
+    the clients' mean directly in :func:`apply_update`.
+    """
+    return {k: mean[k].float() - global_weights[k].float() for k in mean if is_float(mean[k]) and not is_statistic(k)}
+
+
+def apply_update(
+    global_weights: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor]
+) -> Weights:
+    """x + update for the keys in ``update``; every other entry (statistics, counters) from ``mean``."""
+    out: Weights = {}
+    for k, v in mean.items():
+        out[k] = (global_weights[k].float() + update[k]).to(v.dtype) if k in update else v
+    return out

@@ -20,6 +20,6 @@ class FedAvg(Strategy):
         acc = WeightedMean()
         kept = []
         for res in results:
-            acc.add(res.weights, res.num_examples)
+            acc.add(res.weights, self.weight(res))
             kept.append(strip_weights(res))
         return acc.result(like=global_weights), kept

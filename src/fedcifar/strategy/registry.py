@@ -7,9 +7,42 @@ from collections.abc import Callable
 from fedcifar.strategy import selection
 from fedcifar.strategy.base import Strategy
 from fedcifar.strategy.fedavg import FedAvg
+from fedcifar.strategy.fedbn import FedBN
+from fedcifar.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedcifar.strategy.fedprox import FedProx
+from fedcifar.strategy.robust import Krum, Median, TrimmedMean
+from fedcifar.strategy.scaffold import Scaffold
+from fedcifar.strategy.weighting import Weighting
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": lambda cfg: FedAvg()}
-SELECTORS: dict[str, Callable[..., list[int]]] = {"uniform": selection.uniform}
+
+def _weighting(cfg) -> Weighting:
+    return Weighting(cfg.client_weighting, cfg.disco_a, cfg.disco_b)
+
+
+def _adaptive(cls):
+    return lambda cfg: cls(cfg.server_lr, cfg.beta1, cfg.beta2, cfg.tau, _weighting(cfg))
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "fedavg": lambda cfg: FedAvg(_weighting(cfg)),
+    "fedprox": lambda cfg: FedProx(cfg.proximal_mu, _weighting(cfg)),
+    "fedavgm": lambda cfg: FedAvgM(cfg.server_lr, cfg.server_momentum, _weighting(cfg)),
+    "fedadam": _adaptive(FedAdam),
+    "fedyogi": _adaptive(FedYogi),
+    "fedadagrad": _adaptive(FedAdagrad),
+    "scaffold": lambda cfg: Scaffold(cfg.num_clients, cfg.server_lr, _weighting(cfg)),
+    "median": lambda cfg: Median(_weighting(cfg)),
+    "trimmed_mean": lambda cfg: TrimmedMean(cfg.trim_ratio, _weighting(cfg)),
+    "krum": lambda cfg: Krum(cfg.krum_byzantine, 1, _weighting(cfg), name="krum"),
+    "multikrum": lambda cfg: Krum(
+        cfg.krum_byzantine, cfg.krum_select or cfg.clients_per_round - cfg.krum_byzantine, _weighting(cfg), "multikrum"
+    ),
+}
+SELECTORS: dict[str, Callable[[selection.SelectionContext], list[int]]] = {
+    "uniform": selection.select_uniform,
+    "size_weighted": selection.select_size_weighted,
+    "power_of_choice": selection.select_power_of_choice,
+}
 
 
 def validate_names(cfg) -> None:
@@ -22,4 +55,6 @@ def validate_names(cfg) -> None:
 
 
 def build_strategy(cfg) -> Strategy:
-    return STRATEGIES[cfg.strategy](cfg)
+    """The configured strategy; ``norm=fedbn`` wraps it so BatchNorm layers stay with clients."""
+    strategy = STRATEGIES[cfg.strategy](cfg)
+    return FedBN(strategy) if cfg.norm == "fedbn" else strategy

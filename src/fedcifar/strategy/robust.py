@@ -1,0 +1,136 @@
+"""Robust aggregation: coordinate-wise median and trimmed mean, Krum and Multi-Krum.
+
+- median (Yin et al. 2018): per coordinate, the median of the clients' values (the mean of
+  the two middle ones for an even count, as numpy does).
+- trimmed_mean (Yin et al. 2018): per coordinate, drop the floor(β·K) largest and smallest
+  values and average the rest.
+- krum / multikrum (Blanchard et al. 2017): score each client by the summed squared
+  distance to its K - f - 2 nearest others (at least 1, as Flower does), keep the m clients
+  with the lowest scores (m = 1 for Krum) and take their weighted mean.
+
+Median and trimmed mean ignore the client weighting (they are unweighted order statistics).
+Integer counters take the max, as everywhere. Unlike FedAvg these rules need every client
+of the round at once, so they hold the round's K state dicts in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fedcifar.client.train import ClientResult
+from fedcifar.strategy.aggregate import is_float, weighted_mean
+from fedcifar.strategy.base import Strategy, Weights, strip_weights
+from fedcifar.strategy.weighting import Weighting
+
+Tensor = torch.Tensor
+
+
+def coordinate_median(stack: Tensor) -> Tensor:
+    """Median over dim 0 of a (K, ...) stack; even K averages the two middle values."""
+    ordered = stack.sort(dim=0).values
+    k = stack.shape[0]
+    if k % 2:
+        return ordered[k // 2]
+    return (ordered[k // 2 - 1] + ordered[k // 2]) / 2
+
+
+def trimmed_mean(stack: Tensor, ratio: float) -> Tensor:
+    """Mean over dim 0 after dropping floor(ratio·K) values at each end, per coordinate."""
+    k = stack.shape[0]
+    cut = int(ratio * k)
+    return stack.sort(dim=0).values[cut : k - cut].mean(dim=0)
+
+
+def pairwise_sq_distances(states: Sequence[Mapping[str, Tensor]]) -> Tensor:
+    """(K, K) float64 squared Euclidean distances between clients over all float entries."""
+    k = len(states)
+    dist = torch.zeros(k, k, dtype=torch.float64)
+    for key, first in states[0].items():
+        if not is_float(first):
+            continue
+        x = torch.stack([s[key].reshape(-1) for s in states]).double()
+        gram = x @ x.T
+        norms = gram.diagonal()
+        dist += (norms[:, None] + norms[None, :] - 2 * gram).clamp_min(0).cpu()
+    return dist
+
+
+def krum_scores(sq_dist: Tensor, byzantine: int) -> Tensor:
+    """Krum score per client: the sum of its K - f - 2 smallest distances to the others."""
+    k = sq_dist.shape[0]
+    closest = min(max(1, k - byzantine - 2), k - 1)
+    others = sq_dist + torch.diag(torch.full((k,), float("inf"), dtype=sq_dist.dtype))
+    return others.sort(dim=1).values[:, :closest].sum(dim=1)
+
+
+def krum_select(sq_dist: Tensor, byzantine: int, keep: int) -> list[int]:
+    """Indices of the ``keep`` clients with the lowest Krum scores (ties: lower index first)."""
+    scores = krum_scores(sq_dist, byzantine)
+    order = sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))
+    return sorted(order[:keep])
+
+
+def coordinatewise(
+    states: Sequence[Mapping[str, Tensor]], like: Mapping[str, Tensor], rule: Callable[[Tensor], Tensor]
+) -> Weights:
+    """Apply ``rule`` to each float entry's (K, ...) stack; integer entries take the max."""
+    out: Weights = {}
+    for key, ref in like.items():
+        stack = torch.stack([s[key] for s in states])
+        out[key] = rule(stack.float()).to(ref.dtype) if is_float(ref) else stack.max(dim=0).values
+    return out
+
+
+class RobustAggregate(Strategy):
+    """Collect the round's client weights, then combine them with a robust rule."""
+
+    def combine(self, global_weights: Mapping[str, Tensor], states: list[Weights], weights: list[float]) -> Weights:
+        raise NotImplementedError
+
+    def aggregate_fit(
+        self, server_round: int, global_weights: Mapping[str, Tensor], results: Iterable[ClientResult]
+    ) -> tuple[Weights, list[ClientResult]]:
+        states, weights, kept = [], [], []
+        for res in results:
+            states.append(res.weights)
+            weights.append(self.weight(res))
+            kept.append(strip_weights(res))
+        if not states:
+            raise ValueError("no client results to aggregate")
+        return self.combine(global_weights, states, weights), kept
+
+
+class Median(RobustAggregate):
+    name = "median"
+
+    def combine(self, global_weights, states, weights):
+        return coordinatewise(states, global_weights, coordinate_median)
+
+
+class TrimmedMean(RobustAggregate):
+    name = "trimmed_mean"
+
+    def __init__(self, trim_ratio: float = 0.1, weighting: Weighting | None = None) -> None:
+        super().__init__(weighting)
+        self.trim_ratio = trim_ratio
+
+    def combine(self, global_weights, states, weights):
+        return coordinatewise(states, global_weights, lambda s: trimmed_mean(s, self.trim_ratio))
+
+
+class Krum(RobustAggregate):
+    """Multi-Krum; ``keep=1`` is Krum."""
+
+    def __init__(self, byzantine: int = 0, keep: int = 1, weighting: Weighting | None = None, name: str = "krum"):
+        super().__init__(weighting)
+        self.byzantine, self.keep, self.name = byzantine, keep, name
+
+    def combine(self, global_weights, states, weights):
+        chosen = krum_select(pairwise_sq_distances(states), self.byzantine, min(self.keep, len(states)))
+        return weighted_mean([states[i] for i in chosen], [weights[i] for i in chosen])
+
+    def state_dict(self) -> tuple[Weights, dict[str, Any]]:
+        return {}, {"byzantine": self.byzantine, "keep": self.keep}

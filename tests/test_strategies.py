@@ -1,0 +1,393 @@
+"""Server update rules against hand-computed numpy references on tiny tensors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedcifar.client.train import ClientResult
+from fedcifar.config import build_config
+from fedcifar.model.resnet import build_model
+from fedcifar.strategy.aggregate import apply_update, pseudo_gradient
+from fedcifar.strategy.fedavg import FedAvg
+from fedcifar.strategy.fedbn import FedBN, batchnorm_keys
+from fedcifar.strategy.fedopt import FedAdam, FedAvgM, adaptive_step
+from fedcifar.strategy.fedprox import FedProx
+from fedcifar.strategy.population import Population, label_discrepancy
+from fedcifar.strategy.registry import STRATEGIES, build_strategy
+from fedcifar.strategy.robust import (
+    Krum,
+    Median,
+    TrimmedMean,
+    coordinate_median,
+    krum_select,
+    pairwise_sq_distances,
+    trimmed_mean,
+)
+from fedcifar.strategy.scaffold import Scaffold
+from fedcifar.strategy.store import ClientStore
+from fedcifar.strategy.weighting import Weighting, feddisco_weights
+from fedcifar.track.checkpoint import load_checkpoint, save_checkpoint
+
+KEYS = ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
+
+
+def _global(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {k: torch.randn(3, generator=g) for k in KEYS}
+    out["bn.running_var"] = out["bn.running_var"].abs() + 0.5
+    out["bn.num_batches_tracked"] = torch.tensor(7)
+    return out
+
+
+def _client(global_weights, seed: int, scale: float = 0.1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {
+        k: v + scale * torch.randn(v.shape, generator=g)
+        for k, v in sorted(global_weights.items())
+        if v.is_floating_point()
+    }
+    out["bn.num_batches_tracked"] = global_weights["bn.num_batches_tracked"] + seed % 5
+    return {k: out[k] for k in global_weights}
+
+
+def _results(global_weights, sizes, seed=0):
+    return [ClientResult(i, _client(global_weights, seed + i), n, {}) for i, n in enumerate(sizes)]
+
+
+def _np(t):
+    return t.double().numpy()
+
+
+# --- pseudo-gradient and server optimizers -------------------------------------------------
+
+
+def test_pseudo_gradient_covers_parameters_only_and_statistics_take_the_mean():
+    x, mean = _global(0), _client(_global(0), 1)
+    before = {k: v.clone() for k, v in x.items()}
+    delta = pseudo_gradient(x, mean)
+    assert set(delta) == {"conv.weight", "bn.weight", "bn.bias"}
+    np.testing.assert_allclose(_np(delta["conv.weight"]), _np(mean["conv.weight"]) - _np(x["conv.weight"]), atol=1e-7)
+    out = apply_update(x, mean, {k: torch.zeros_like(v) for k, v in delta.items()})
+    assert torch.equal(out["conv.weight"], x["conv.weight"])  # zero update keeps x
+    assert torch.equal(out["bn.running_var"], mean["bn.running_var"])  # statistics: the mean
+    assert out["bn.num_batches_tracked"].dtype == torch.int64
+    assert all(torch.equal(x[k], before[k]) for k in x)  # inputs untouched
+
+
+def test_fedavgm_without_momentum_and_unit_lr_is_fedavg():
+    x = _global()
+    results = _results(x, [10, 30, 60])
+    plain, _ = FedAvg().aggregate_fit(1, x, iter(results))
+    momentum, _ = FedAvgM(server_lr=1.0, momentum=0.0).aggregate_fit(1, x, iter(results))
+    for k in x:
+        torch.testing.assert_close(momentum[k], plain[k], rtol=0, atol=1e-6)
+
+
+def test_fedavgm_matches_numpy_over_three_rounds():
+    lr, beta = 0.7, 0.9
+    strategy = FedAvgM(server_lr=lr, momentum=beta)
+    x = _global()
+    x_np = _np(x["conv.weight"])
+    v_np = np.zeros_like(x_np)
+    for rnd in range(1, 4):
+        results = _results(x, [5, 15], seed=10 * rnd)
+        w = np.array([5, 15]) / 20
+        mean = sum(wi * _np(r.weights["conv.weight"]) for wi, r in zip(w, results, strict=True))
+        delta = mean - x_np
+        v_np = beta * v_np + delta
+        x_np = x_np + lr * v_np
+        x, _ = strategy.aggregate_fit(rnd, x, iter(results))
+        np.testing.assert_allclose(_np(x["conv.weight"]), x_np, rtol=1e-5, atol=1e-6)
+
+
+def test_fedadam_first_step_matches_the_closed_form():
+    lr, b1, b2, tau = 0.05, 0.9, 0.99, 1e-3
+    x = _global()
+    results = _results(x, [20, 20])
+    new, _ = FedAdam(server_lr=lr, beta1=b1, beta2=b2, tau=tau).aggregate_fit(1, x, iter(results))
+    d = (_np(results[0].weights["conv.weight"]) + _np(results[1].weights["conv.weight"])) / 2 - _np(x["conv.weight"])
+    # m1 = (1-b1) d, v1 = b2 tau^2 + (1-b2) d^2 (v starts at tau^2, Reddi et al. Alg. 2)
+    expected = _np(x["conv.weight"]) + lr * (1 - b1) * d / (np.sqrt(b2 * tau**2 + (1 - b2) * d**2) + tau)
+    np.testing.assert_allclose(_np(new["conv.weight"]), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        new["bn.running_mean"], (results[0].weights["bn.running_mean"] + results[1].weights["bn.running_mean"]) / 2
+    )
+
+
+@pytest.mark.parametrize("rule", ["adam", "yogi", "adagrad"])
+def test_adaptive_rules_match_numpy_for_three_steps(rule):
+    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-2
+    rng = np.random.default_rng(1)
+    deltas = [rng.normal(size=4) * s for s in (0.5, 0.01, 0.2)]
+    m = v = None
+    m_np, v_np = np.zeros(4), np.full(4, tau**2)
+    for d in deltas:
+        update, m, v = adaptive_step(rule, torch.tensor(d, dtype=torch.float64), m, v, lr, b1, b2, tau)
+        m_np = b1 * m_np + (1 - b1) * d
+        if rule == "adam":
+            v_np = b2 * v_np + (1 - b2) * d**2
+        elif rule == "yogi":
+            v_np = v_np - (1 - b2) * d**2 * np.sign(v_np - d**2)
+        else:
+            v_np = v_np + d**2
+        np.testing.assert_allclose(update.numpy(), lr * m_np / (np.sqrt(v_np) + tau), rtol=1e-12)
+        np.testing.assert_allclose(v.numpy(), v_np, rtol=1e-12)
+
+
+def test_fedadam_never_drives_a_running_variance_negative():
+    x = _global()
+    strategy = FedAdam(server_lr=10.0)
+    for rnd in range(1, 4):
+        x, _ = strategy.aggregate_fit(rnd, x, iter(_results(x, [1, 1], seed=rnd)))
+        assert (x["bn.running_var"] > 0).all()
+
+
+# --- FedProx ---------------------------------------------------------------------------------
+
+
+def test_fedprox_asks_clients_for_mu_and_aggregates_like_fedavg():
+    x = _global()
+    results = _results(x, [3, 9])
+    strategy = FedProx(proximal_mu=0.0)
+    assert strategy.configure_fit(1, [4, 2]) == {4: {"proximal_mu": 0.0}, 2: {"proximal_mu": 0.0}}
+    prox, _ = strategy.aggregate_fit(1, x, iter(results))
+    plain, _ = FedAvg().aggregate_fit(1, x, iter(results))
+    assert all(torch.equal(prox[k], plain[k]) for k in x)
+    assert FedProx(0.3).configure_fit(1, [0])[0]["proximal_mu"] == 0.3
+
+
+# --- SCAFFOLD (server side; the client side is in test_strategies_client.py) ---------------
+
+
+def _scaffold_results(strategy, x, client_ids, seed):
+    config = strategy.configure_fit(seed, client_ids)
+    results = []
+    for cid in client_ids:
+        g = torch.Generator().manual_seed(seed * 100 + cid)
+        c_new = {k: torch.randn(3, generator=g) for k in ("conv.weight", "bn.weight", "bn.bias")}
+        results.append(ClientResult(cid, _client(x, seed * 100 + cid), 10 * (cid + 1), {}, {"control": c_new}))
+    return config, results
+
+
+def test_scaffold_updates_control_variates_and_keeps_c_the_mean_of_all_c_i():
+    n_clients, lr_g = 5, 0.5
+    strategy = Scaffold(num_clients=n_clients, server_lr=lr_g)
+    x = _global()
+    c_i = {cid: np.zeros(3) for cid in range(n_clients)}  # numpy reference of the client store
+    c_np = np.zeros(3)
+    for rnd, ids in enumerate(([0, 2], [2, 3], [0, 4]), start=1):
+        config, results = _scaffold_results(strategy, x, ids, rnd)
+        for cid in ids:  # the server sends (c, c_i) as they stood before the round
+            control = config[cid]["control"]
+            np.testing.assert_allclose(_np(control.server.get("conv.weight", torch.zeros(3))), c_np, atol=1e-6)
+            np.testing.assert_allclose(_np(control.client.get("conv.weight", torch.zeros(3))), c_i[cid], atol=1e-6)
+        sizes = np.array([r.num_examples for r in results], dtype=float)
+        mean = sum(s * _np(r.weights["conv.weight"]) for s, r in zip(sizes / sizes.sum(), results, strict=True))
+        x_np = _np(x["conv.weight"]) + lr_g * (mean - _np(x["conv.weight"]))
+        delta_c = sum(_np(r.state["control"]["conv.weight"]) - c_i[r.client_id] for r in results)
+        c_np = c_np + delta_c / n_clients
+        for r in results:
+            c_i[r.client_id] = _np(r.state["control"]["conv.weight"])
+        x, kept = strategy.aggregate_fit(rnd, x, iter(results))
+        assert all(k.weights == {} and k.state == {} for k in kept)
+        np.testing.assert_allclose(_np(x["conv.weight"]), x_np, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_np(strategy.c["conv.weight"]), c_np, atol=1e-6)
+        np.testing.assert_allclose(c_np, np.mean([c_i[k] for k in range(n_clients)], axis=0), atol=1e-6)
+        assert set(strategy.store) == {cid for cid in c_i if c_i[cid].any()}
+    assert "bn.running_mean" not in strategy.c  # control variates cover trained parameters only
+
+
+def test_scaffold_refuses_a_client_without_control_state():
+    strategy = Scaffold(num_clients=2)
+    strategy.configure_fit(1, [0])
+    with pytest.raises(ValueError, match="no SCAFFOLD control"):
+        strategy.aggregate_fit(1, _global(), iter(_results(_global(), [4])))
+
+
+# --- robust aggregation ----------------------------------------------------------------------
+
+
+def _planted(n_honest: int = 6, n_bad: int = 2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    honest = rng.normal(1.0, 0.05, size=(n_honest, 4))
+    bad = rng.normal(100.0, 1.0, size=(n_bad, 4))
+    return np.concatenate([honest, bad]), honest
+
+
+def test_median_and_trimmed_mean_match_numpy_and_reject_planted_outliers():
+    values, honest = _planted()
+    stack = torch.tensor(values)
+    np.testing.assert_allclose(coordinate_median(stack).numpy(), np.median(values, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(coordinate_median(stack[:7]).numpy(), np.median(values[:7], axis=0), rtol=1e-12)
+    ordered = np.sort(values, axis=0)
+    np.testing.assert_allclose(trimmed_mean(stack, 0.25).numpy(), ordered[2:6].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(trimmed_mean(stack, 0.0).numpy(), values.mean(axis=0), rtol=1e-12)
+    for robust in (coordinate_median(stack), trimmed_mean(stack, 0.25)):
+        assert np.abs(robust.numpy() - 1.0).max() < 0.2  # the plain mean is about 25.7
+    assert values.mean() > 20
+
+
+def test_krum_and_multikrum_select_honest_clients():
+    values, _ = _planted(6, 2)
+    states = [{"w": torch.tensor(v, dtype=torch.float32)} for v in values]
+    dist = pairwise_sq_distances(states)
+    ref = ((values[:, None, :] - values[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(dist.numpy(), ref, rtol=1e-4, atol=1e-6)
+    # Krum score by hand: sum of the n - f - 2 = 4 smallest distances to the others.
+    masked = ref + np.diag(np.full(8, np.inf))
+    scores = np.sort(masked, axis=1)[:, :4].sum(1)
+    assert krum_select(dist, byzantine=2, keep=1) == [int(np.argmin(scores))]
+    assert krum_select(dist, byzantine=2, keep=6) == list(range(6))
+
+
+@pytest.mark.parametrize("strategy", [Median(), TrimmedMean(0.25), Krum(2, 1), Krum(2, 6, name="multikrum")])
+def test_robust_strategies_reject_a_planted_attacker_in_state_dicts(strategy):
+    x = _global()
+    results = _results(x, [10] * 7, seed=3)
+    attacker = {k: (v + 1e3 if v.is_floating_point() else v) for k, v in results[0].weights.items()}
+    results.append(ClientResult(99, attacker, 10, {}))
+    out, kept = strategy.aggregate_fit(1, x, iter(results))
+    assert len(kept) == 8
+    for k in KEYS:
+        assert (out[k] - x[k]).abs().max() < 1.0, k  # within the honest spread (0.1 noise)
+    assert out["bn.num_batches_tracked"].dtype == torch.int64
+    assert list(out) == list(x)
+
+
+# --- weighting -------------------------------------------------------------------------------
+
+
+def test_label_discrepancy_and_feddisco_weights_by_hand():
+    counts = np.array([[5, 5, 0, 0], [10, 0, 0, 0], [1, 1, 1, 1]])
+    d = label_discrepancy(counts)
+    np.testing.assert_allclose(d, [np.sqrt(4 * 0.25**2), np.sqrt(0.75**2 + 3 * 0.25**2), 0.0])
+    sizes = np.array([6, 6, 12])
+    raw = np.maximum(sizes / 24 - 0.5 * d + 0.1, 0)
+    np.testing.assert_allclose(feddisco_weights(sizes, d, 0.5, 0.1), raw / raw.sum())
+    assert feddisco_weights(sizes, d, 0.5, 0.1)[1] == 0  # a one-class client is clipped out
+    assert feddisco_weights(sizes, d, 0.5, 0.1)[2] > 12 / 24  # the balanced client counts more than its size
+
+
+def test_weightings_change_the_mean_as_documented():
+    labels = np.repeat(np.arange(4), 10)
+    partition = [np.arange(0, 20), np.arange(20, 40)]  # client 0: classes 0-1, client 1: classes 2-3
+    population = Population.from_partition(labels, partition, num_classes=4)
+    assert population.sizes.tolist() == [20, 20]
+    a = {"w": torch.zeros(1)}
+    b = {"w": torch.ones(1)}
+    results = [ClientResult(0, a, 30, {}), ClientResult(1, b, 10, {})]
+    for kind, expected in (("num_examples", 0.25), ("uniform", 0.5), ("feddisco", 0.5)):
+        strategy = FedAvg(Weighting(kind))
+        strategy.setup(population)
+        strategy.configure_fit(1, [0, 1])
+        out, _ = strategy.aggregate_fit(1, {"w": torch.zeros(1)}, iter(results))
+        assert float(out["w"]) == pytest.approx(expected), kind
+
+
+# --- FedBN -----------------------------------------------------------------------------------
+
+
+def test_batchnorm_keys_of_resnet_are_exactly_its_bn_layers():
+    model = build_model("batch")
+    keys = batchnorm_keys(model.state_dict())
+    expected = [
+        f"{name}.{entry}"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.BatchNorm2d)
+        for entry in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    ]
+    assert sorted(keys) == sorted(expected) and len(keys) == 5 * 20
+    assert batchnorm_keys(build_model("group").state_dict()) == []
+
+
+def test_fedbn_sends_each_client_its_own_bn_layers_and_aggregates_through_the_inner_strategy():
+    strategy = FedBN(FedAvg())
+    x = _global()
+    assert strategy.configure_fit(1, [0, 1]) == {}  # nobody has local layers yet
+    results = _results(x, [10, 30])
+    new, _ = strategy.aggregate_fit(1, x, iter(results))
+    plain, _ = FedAvg().aggregate_fit(1, x, iter(results))
+    assert all(torch.equal(new[k], plain[k]) for k in x)  # the global model: the inner aggregate
+    config = strategy.configure_fit(2, [1, 3])
+    assert set(config) == {1}
+    local = config[1]["local_weights"]
+    assert set(local) == {"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}
+    assert all(torch.equal(local[k], results[1].weights[k]) for k in local)
+
+
+def test_client_store_round_trip_and_ownership():
+    store = ClientStore()
+    t = {"a": torch.ones(2), "b.c": torch.zeros(1, dtype=torch.int64)}
+    store.put(3, t)
+    store.put(11, {"a": torch.full((2,), 2.0)})
+    flat = store.state_dict("s.")
+    assert set(flat) == {"s.3.a", "s.3.b.c", "s.11.a"}
+    other = ClientStore()
+    other.load_state_dict({**flat, "unrelated": torch.ones(1)}, "s.")
+    assert list(other) == [3, 11] and torch.equal(other.get(3)["b.c"], t["b.c"]) and other.get(5) is None
+
+
+# --- every strategy survives a checkpoint round-trip ------------------------------------------
+
+
+def _fake_round(strategy, server_round, x):
+    ids = sorted({server_round % 4, (server_round + 1) % 4, (server_round + 2) % 4})
+    config = strategy.configure_fit(server_round, ids)
+    results = []
+    for cid in ids:
+        weights = _client(x, 1000 * server_round + cid)
+        state = {}
+        if "control" in config.get(cid, {}):
+            g = torch.Generator().manual_seed(server_round * 7 + cid)
+            state["control"] = {k: torch.randn(3, generator=g) for k in ("conv.weight", "bn.weight", "bn.bias")}
+        results.append(ClientResult(cid, weights, 10 + cid, {}, state))
+    new, _ = strategy.aggregate_fit(server_round, x, iter(results))
+    return new, config
+
+
+def _same_config(a, b):
+    assert a.keys() == b.keys()
+    for cid in a:
+        assert a[cid].keys() == b[cid].keys()
+        for key, va in a[cid].items():
+            vb = b[cid][key]
+            pairs = [(va.server, vb.server), (va.client, vb.client)] if key == "control" else [(va, vb)]
+            for da, db in pairs:
+                if isinstance(da, dict):
+                    assert da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da), key
+                else:
+                    assert da == db, key
+
+
+@pytest.mark.parametrize("norm", ["batch", "fedbn"])
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_survives_a_checkpoint_round_trip(tmp_path, name, norm):
+    cfg = build_config(
+        "paper", None, {"strategy": name, "norm": norm, "num_clients": 4, "clients_per_round": 3, "server_lr": 0.5}
+    )
+    population = Population(np.array([10, 11, 12, 13]), np.eye(4, dtype=np.int64) * 10 + 1)
+
+    def make():
+        strategy = build_strategy(cfg)
+        strategy.setup(population)
+        return strategy
+
+    first = make()
+    x = _global()
+    for rnd in (1, 2):
+        x, _ = _fake_round(first, rnd, x)
+    tensors, meta = first.state_dict()
+    save_checkpoint(tmp_path, 2, x, tensors, {"strategy": meta})
+    ckpt = load_checkpoint(tmp_path)
+    resumed = make()
+    resumed.load_state_dict(ckpt.strategy_tensors, json.loads(json.dumps(ckpt.meta["strategy"])))
+    again, _ = resumed.state_dict()
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k].cpu(), tensors[k].cpu()) for k in tensors)
+    a, config_a = _fake_round(first, 3, x)
+    b, config_b = _fake_round(resumed, 3, {k: ckpt.weights[k] for k in x})
+    _same_config(config_a, config_b)
+    assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -1,0 +1,128 @@
+"""The client-side hooks (FedProx's proximal term, SCAFFOLD's correction, FedBN's local
+layers) against numpy references, on a linear model and a few synthetic images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedcifar.client.hooks import Control
+from fedcifar.client.train import ClientInstructions, read_weights, train_client
+from fedcifar.data.augment import Normalize
+from fedcifar.sim.runtime import Runtime
+
+CPU = Runtime(torch.device("cpu"), None, False, 1, 1)
+CLASSES = 5
+
+
+def _data(n: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    return images, labels
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, CLASSES))
+    with torch.no_grad():
+        model[1].weight.mul_(10)  # non-trivial logits
+    return model
+
+
+def _features(images) -> np.ndarray:
+    return Normalize("cpu")(images).reshape(len(images), -1).double().numpy()
+
+
+def _grad(w, b, x, y):
+    """Mean cross-entropy gradient of a linear softmax model, by hand."""
+    logits = x @ w.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1
+    p /= len(y)
+    return p.T @ x, p.sum(0)
+
+
+def _instructions(**kw):
+    base = dict(seed=1, epochs=1, steps=0, batch_size=64, lr=0.05, augment=False, optimizer="sgd")
+    base.update(kw)
+    return ClientInstructions(**base)
+
+
+def test_fedprox_with_mu_zero_is_plain_fedavg_training():
+    images, labels = _data()
+    model = _model()
+    start = read_weights(model)
+    plain = train_client(model, start, images, labels, _instructions(optimizer="adam", steps=3, batch_size=4), CPU)
+    prox = train_client(
+        model, start, images, labels, _instructions(optimizer="adam", steps=3, batch_size=4, proximal_mu=0.0), CPU
+    )
+    assert all(torch.equal(plain.weights[k], prox.weights[k]) for k in start)
+    assert plain.metrics["train_loss"] == prox.metrics["train_loss"] and prox.state == {}
+
+
+def test_fedprox_gradient_matches_numpy_over_three_sgd_steps():
+    images, labels = _data()
+    model = _model()
+    start = read_weights(model)
+    lr, mu, steps = 0.05, 0.5, 3
+    res = train_client(model, start, images, labels, _instructions(steps=steps, lr=lr, proximal_mu=mu), CPU)
+    x, y = _features(images), labels.numpy()
+    w0, b0 = start["1.weight"].double().numpy(), start["1.bias"].double().numpy()
+    w, b = w0.copy(), b0.copy()
+    for _ in range(steps):  # full-batch steps: the batch order does not change the mean gradient
+        gw, gb = _grad(w, b, x, y)
+        w, b = w - lr * (gw + mu * (w - w0)), b - lr * (gb + mu * (b - b0))
+    np.testing.assert_allclose(res.weights["1.weight"].double().numpy(), w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.weights["1.bias"].double().numpy(), b, rtol=1e-4, atol=1e-6)
+    plain = train_client(model, start, images, labels, _instructions(steps=steps, lr=lr), CPU)
+    assert not torch.allclose(plain.weights["1.weight"], res.weights["1.weight"])
+
+
+def test_scaffold_client_corrects_its_step_and_returns_option_two_control_variate():
+    images, labels = _data()
+    model = _model()
+    start = read_weights(model)
+    g = torch.Generator().manual_seed(5)
+    c = {k: 0.1 * torch.randn(v.shape, generator=g) for k, v in start.items()}
+    c_i = {"1.weight": 0.1 * torch.randn(start["1.weight"].shape, generator=g)}  # bias: c_i missing = 0
+    lr = 0.05
+    res = train_client(model, start, images, labels, _instructions(steps=1, lr=lr, control=Control(c, c_i)), CPU)
+    x, y = _features(images), labels.numpy()
+    w0, b0 = start["1.weight"].double().numpy(), start["1.bias"].double().numpy()
+    gw, gb = _grad(w0, b0, x, y)
+    corr_w = c["1.weight"].double().numpy() - c_i["1.weight"].double().numpy()
+    corr_b = c["1.bias"].double().numpy()
+    # y = x - lr (g + c - c_i)
+    np.testing.assert_allclose(res.weights["1.weight"].double().numpy(), w0 - lr * (gw + corr_w), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.weights["1.bias"].double().numpy(), b0 - lr * (gb + corr_b), rtol=1e-4, atol=1e-6)
+    # option II: c_i+ = c_i - c + (x - y)/(K lr), which for one SGD step is the gradient at x
+    new = res.state["control"]
+    assert set(new) == {"1.weight", "1.bias"}
+    np.testing.assert_allclose(new["1.weight"].double().numpy(), gw, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(new["1.bias"].double().numpy(), gb, rtol=1e-3, atol=1e-5)
+
+
+def test_scaffold_control_variate_over_several_steps_matches_the_formula():
+    images, labels = _data(n=16)
+    model = _model(1)
+    start = read_weights(model)
+    c = {"1.weight": torch.full_like(start["1.weight"], 0.01), "1.bias": torch.full_like(start["1.bias"], -0.02)}
+    lr, steps = 0.01, 4
+    instr = _instructions(steps=steps, lr=lr, batch_size=4, optimizer="adam", control=Control(c, {}))
+    res = train_client(model, start, images, labels, instr, CPU)
+    for k in c:
+        expected = -c[k] + (start[k] - res.weights[k]) / (steps * lr)
+        torch.testing.assert_close(res.state["control"][k], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_local_weights_replace_global_entries_before_training():
+    images, labels = _data()
+    model = _model()
+    start = read_weights(model)
+    local = {"1.bias": torch.full_like(start["1.bias"], 3.0)}
+    res = train_client(model, start, images, labels, _instructions(steps=1, lr=0.0, local_weights=local), CPU)
+    assert torch.equal(res.weights["1.bias"], local["1.bias"])  # lr 0: the overlay is what trained
+    assert torch.equal(res.weights["1.weight"], start["1.weight"])
