@@ -11,6 +11,7 @@ from fedcifar.config import PRESETS, ConfigError, build_config, config_from_dict
 from fedcifar.serve.cli import add_serve_parser
 
 EXIT_USAGE = 2
+DEFAULT_COMPARE = ["fedavg", "fedprox", "fedavgm", "fedadam", "scaffold", "median"]
 
 
 class UserError(Exception):
@@ -116,6 +117,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in bench["results"].values()) else 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedcifar.compare import parse_variants, run_comparison, variant_config
+    from fedcifar.data.cifar100 import load_cifar100
+
+    base = build_config(args.preset, args.config, parse_overrides(args.set or []))
+    variants = parse_variants(args.strategies)
+    for variant in variants:
+        variant_config(base, variant)  # every bad name or value fails before the data loads
+    if not 0 < args.target <= 1:
+        raise UserError(f"--target is a test accuracy in (0, 1], got {args.target}")
+    data = load_cifar100(args.data_dir, download=not args.no_download)
+    out = Path(args.out)
+    table = run_comparison(base, variants, out, data, target=args.target, progress=not args.quiet)
+    print((out / "comparison.md").read_text(), end="")
+    print(f"wrote {out / 'comparison.csv'}, {out / 'comparison.md'} and {out / 'comparison.png'} ({len(table)} runs)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcifar", description="Federated learning on CIFAR-100.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and logs (default: bench)")
     bench.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $FEDCIFAR_DATA_DIR)")
     bench.set_defaults(func=cmd_bench)
+
+    compare = sub.add_parser("compare", help="train several strategies on the same partition and seed; table + plot")
+    compare.add_argument(
+        "--strategies",
+        nargs="+",
+        default=DEFAULT_COMPARE,
+        metavar="NAME[:KEY=VALUE,...]",
+        help=f"variants to train (default: {' '.join(DEFAULT_COMPARE)})",
+    )
+    compare.add_argument(
+        "--preset", default="compare", help=f"base config, one of: {', '.join(PRESETS)} (default: compare)"
+    )
+    compare.add_argument("--config", help="YAML file of base config keys")
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config key (repeatable)")
+    compare.add_argument(
+        "--target", type=float, default=0.05, help="test accuracy for 'rounds to target' (default 0.05)"
+    )
+    compare.add_argument("--out", required=True, help="folder for one run per variant and the comparison files")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(compare)
+    compare.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="redraw accuracy.png and loss.png from metrics.csv")
     plot.add_argument("run_dir")

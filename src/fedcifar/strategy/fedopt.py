@@ -4,12 +4,14 @@ Each round the clients' weighted mean is computed as in FedAvg; the pseudo-gradi
 Δ = mean - x (trained parameters only, see :func:`pseudo_gradient`) then drives a server
 optimizer step. BatchNorm running statistics take the mean, counters the max.
 
-- FedAvgM (Hsu et al. 2019): v = βv + Δ, x = x + ηv. With β = 0 and η = 1 it is FedAvg.
+- FedAvgM (Hsu et al. 2019): v = βv + Δ, x = x + ηv. With β = 0 and η = 1 it is FedAvg. The
+  default η is 1 - β, so that the effective step η/(1-β) is 1.
 - FedAdam / FedYogi / FedAdagrad (Reddi et al. 2021, "Adaptive Federated Optimization",
   Algorithm 2): m = β1·m + (1-β1)Δ, then
   Adam v = β2·v + (1-β2)Δ², Yogi v = v - (1-β2)Δ²·sign(v - Δ²), Adagrad v = v + Δ²,
   and x = x + η·m / (sqrt(v) + τ), with v initialised to τ² and no bias correction, as in
-  the paper (Flower's FedAdam adds Adam's bias correction to η; ours does not).
+  the paper (Flower's FedAdam adds Adam's bias correction to η; ours does not). Default
+  η = 1e-2 and τ = 1e-3, Flower's FedYogi defaults, inside Reddi et al.'s grid.
 
 The steps are pure functions on tensors, tested against numpy; they are not torch
 optimizers because Yogi has none and Reddi's τ sits outside the square root.
@@ -101,7 +103,8 @@ class FedAvgM(FedOpt):
     slots = ("velocity",)
 
     def __init__(self, server_lr: float = 0.0, momentum: float = 0.9, weighting: Weighting | None = None) -> None:
-        super().__init__(server_lr, weighting)
+        # Default η = 1 - β: an effective step η/(1-β) of 1, the diagonal Hsu et al. found best.
+        super().__init__(server_lr or 1.0 - momentum, weighting)
         self.momentum = momentum
 
     def server_step(self, delta: Weights) -> Weights:

@@ -1,0 +1,186 @@
+"""``fedcifar compare``: several strategies on the same partition and seed, one table, one plot.
+
+Each variant is a strategy name with optional config overrides, written
+``NAME[:key=value,key=value]`` (``fedprox:proximal_mu=0.1``, ``fedavg:norm=fedbn``). Every
+variant trains from the same base config, so the partition, the initial model and each
+round's client seeds are the same; only what the variant changes differs. Runs go to
+``OUT/<variant>/`` as ordinary run directories; a variant whose directory already holds a
+complete run is read back, and an interrupted one is resumed, so the command can be re-run.
+
+Outputs: ``comparison.csv`` and ``comparison.md`` (final and best test accuracy, rounds to a
+target accuracy, wall time) and ``comparison.png`` (test accuracy against round).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fedcifar.config import Config, ConfigError, config_from_dict  # noqa: E402
+from fedcifar.track.io import atomic_path, atomic_write_text  # noqa: E402
+
+TABLE_COLUMNS = {
+    "variant": "variant",
+    "final_test_acc": "final test acc",
+    "best_test_acc": "best test acc",
+    "best_round": "best round",
+    "rounds_to_target": "rounds to target",
+    "wall_seconds": "wall time (s)",
+    "seconds_per_round": "s / round",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    overrides: dict[str, str]
+
+    @property
+    def dirname(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", self.label)
+
+
+def parse_variant(spec: str) -> Variant:
+    """``NAME[:key=value,...]`` -> Variant(label=spec, overrides={"strategy": NAME, ...})."""
+    spec = spec.strip()
+    name, _, rest = spec.partition(":")
+    if not name:
+        raise ConfigError(f"compare variant {spec!r} has no strategy name")
+    overrides = {"strategy": name.strip()}
+    for pair in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"compare variant {spec!r}: expected key=value after ':', got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return Variant(spec, overrides)
+
+
+def parse_variants(text: str | Sequence[str]) -> list[Variant]:
+    """Variants separated by spaces or ';' (commas belong to a variant's overrides)."""
+    specs = text if not isinstance(text, str) else re.split(r"[;\s]+", text)
+    variants = [parse_variant(s) for s in specs if s.strip()]
+    if not variants:
+        raise ConfigError("compare needs at least one strategy")
+    labels = [v.dirname for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"compare variants repeat: {labels}")
+    return variants
+
+
+def variant_config(base: Config, variant: Variant) -> Config:
+    """The base config with the variant's overrides, coerced and validated like ``--set``."""
+    return config_from_dict({**base.to_dict(), **variant.overrides})
+
+
+def summarize(frames: dict[str, pd.DataFrame], target: float) -> pd.DataFrame:
+    """One row per variant from its metrics: accuracies, rounds to ``target`` and wall time."""
+    rows = []
+    for label, frame in frames.items():
+        tested = frame.dropna(subset=["test_acc"]) if "test_acc" in frame else frame.iloc[:0]
+        reached = tested[tested["test_acc"] >= target]
+        best = tested.loc[tested["test_acc"].idxmax()] if len(tested) else None
+        wall = float(frame["round_seconds"].sum()) if "round_seconds" in frame else float("nan")
+        rows.append(
+            {
+                "variant": label,
+                "final_test_acc": float(tested["test_acc"].iloc[-1]) if len(tested) else float("nan"),
+                "best_test_acc": float(best["test_acc"]) if best is not None else float("nan"),
+                "best_round": int(best["round"]) if best is not None else None,
+                "rounds_to_target": int(reached["round"].iloc[0]) if len(reached) else None,
+                "wall_seconds": wall,
+                "seconds_per_round": wall / max(len(frame), 1),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def markdown_table(table: pd.DataFrame, target: float) -> str:
+    """The summary as a GitHub markdown table (accuracies in percent)."""
+    header = [TABLE_COLUMNS[c] for c in table.columns]
+    header[header.index("rounds to target")] = f"rounds to {target:.1%}"
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in table.itertuples(index=False):
+        cells = [
+            f"`{row.variant}`",
+            f"{row.final_test_acc:.2%}",
+            f"{row.best_test_acc:.2%}",
+            "–" if row.best_round is None or pd.isna(row.best_round) else str(int(row.best_round)),
+            "not reached"
+            if row.rounds_to_target is None or pd.isna(row.rounds_to_target)
+            else str(int(row.rounds_to_target)),
+            f"{row.wall_seconds:.0f}",
+            f"{row.seconds_per_round:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(frames: dict[str, pd.DataFrame], path: str | Path, title: str = "") -> Path:
+    """Test accuracy against round, one line per variant."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    markers = "osD^v<>px*h"
+    for i, (label, frame) in enumerate(frames.items()):
+        data = frame[["round", "test_acc"]].dropna() if "test_acc" in frame else frame.iloc[:0]
+        ax.plot(data["round"], 100 * data["test_acc"], marker=markers[i % len(markers)], markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(title or "Test accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run_comparison(
+    base: Config,
+    variants: Sequence[Variant],
+    out_dir: str | Path,
+    data,
+    *,
+    target: float,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train every variant into ``out_dir/<variant>/`` and write the table and the plot."""
+    from fedcifar.sim.engine import run_training
+    from fedcifar.track.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from fedcifar.track.metrics import METRICS_FILE, read_metrics
+
+    out_dir = Path(out_dir)
+    configs = {v.label: variant_config(base, v) for v in variants}  # every error before any training
+    frames: dict[str, pd.DataFrame] = {}
+    for variant in variants:
+        cfg, run_dir = configs[variant.label], out_dir / variant.dirname
+        done = 0
+        if (run_dir / CHECKPOINT_FILE).exists():
+            done = load_checkpoint(run_dir).round
+        if done >= cfg.rounds:
+            frames[variant.label] = read_metrics(run_dir / METRICS_FILE)
+            frames[variant.label] = frames[variant.label][frames[variant.label]["round"] <= cfg.rounds]
+        else:
+            if progress:
+                print(f"compare: {variant.label} -> {run_dir}", flush=True)
+            frames[variant.label] = run_training(cfg, run_dir, data, resume=done > 0, progress=progress)
+    table = summarize(frames, target)
+    with atomic_path(out_dir / "comparison.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    atomic_write_text(out_dir / "comparison.md", markdown_table(table, target))
+    plot_comparison(frames, out_dir / "comparison.png", _title(base))
+    return table
+
+
+def _title(cfg: Config) -> str:
+    return (
+        f"CIFAR-100, {cfg.num_clients} clients Dirichlet({cfg.alpha:g}), {cfg.clients_per_round}/round, "
+        f"{cfg.local_steps or cfg.local_epochs} {'steps' if cfg.local_steps else 'epochs'}"
+    )

@@ -1,0 +1,140 @@
+"""Every strategy, selection and norm option on real CIFAR-100 at a tiny scale, in process.
+
+Each strategy runs two rounds (sharing the run with one selection, weighting or norm
+option, so every option is covered too), then its checkpointed state must load into a
+fresh strategy and come back unchanged. Two stateful combinations are also interrupted
+and resumed, and must end exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedcifar.cli import main
+from fedcifar.config import build_config
+from fedcifar.sim.engine import run_training
+from fedcifar.strategy.registry import STRATEGIES, build_strategy
+from fedcifar.track.checkpoint import load_checkpoint
+
+TINY = dict(local_steps=1, batch_size=16, eval_limit=64, clients_per_round=2, rounds=2, num_clients=4, workers=2)
+DETERMINISTIC = ["round", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "num_examples", "clients"]
+
+# strategy -> the extra option it is run with (so each option is exercised once as well)
+CASES = {
+    "fedavg": {},
+    "fedprox": {"client_selection": "size_weighted", "proximal_mu": 0.1},
+    "fedavgm": {"norm": "group"},
+    "fedadam": {"client_weighting": "feddisco"},
+    "fedyogi": {"client_selection": "power_of_choice", "poc_samples": 32},
+    "fedadagrad": {"client_optimizer": "sgd"},
+    "scaffold": {"norm": "fedbn"},
+    "median": {"client_weighting": "uniform", "clients_per_round": 3},
+    "trimmed_mean": {"clients_per_round": 3, "trim_ratio": 0.34},
+    "krum": {},
+    "multikrum": {"clients_per_round": 3, "krum_select": 2},
+}
+STATE_PREFIXES = {"fedavgm": ["velocity."], "fedadam": ["m.", "v."], "scaffold": ["c.", "store.", "fedbn."]}
+
+
+def _tiny(**over):
+    return build_config("smoke", None, {**TINY, **over})
+
+
+def test_cases_cover_every_strategy_selection_weighting_and_norm():
+    from fedcifar.strategy.registry import SELECTORS
+
+    assert set(CASES) == set(STRATEGIES)
+    options = [v for case in CASES.values() for v in case.values()]
+    assert set(SELECTORS) - {"uniform"} <= set(options)
+    assert {"feddisco", "uniform", "group", "fedbn", "sgd"} <= set(options)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_strategy_trains_two_rounds_and_its_checkpoint_reloads(tmp_path, cifar, name):
+    cfg = _tiny(strategy=name, **CASES[name])
+    frame = run_training(cfg, tmp_path, cifar, progress=False)
+    assert list(frame["round"]) == [1, 2]
+    assert np.isfinite(frame[["train_loss", "test_loss"]].to_numpy()).all()
+    assert frame["clients"].map(lambda s: len(str(s).split())).eq(cfg.clients_per_round).all()
+
+    ckpt = load_checkpoint(tmp_path)
+    weights = load_file(tmp_path / "model_global.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    for prefix in STATE_PREFIXES.get(name, []):
+        assert any(k.startswith(prefix) for k in ckpt.strategy_tensors), prefix
+    fresh = build_strategy(cfg)
+    fresh.load_state_dict(ckpt.strategy_tensors, ckpt.meta["strategy"])
+    tensors, meta = fresh.state_dict()
+    assert tensors.keys() == ckpt.strategy_tensors.keys()
+    assert all(torch.equal(tensors[k], ckpt.strategy_tensors[k]) for k in tensors)
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        # c, every c_i, FedBN's local layers and the loss-based selection must all come back
+        dict(strategy="scaffold", norm="fedbn", client_selection="power_of_choice", poc_samples=32, num_clients=3),
+        dict(strategy="fedadam", client_weighting="feddisco", client_selection="size_weighted", num_clients=3),
+    ],
+    ids=["scaffold-fedbn-poc", "fedadam-feddisco"],
+)
+def test_interrupted_and_resumed_stateful_run_equals_uninterrupted(tmp_path, cifar, over):
+    cfg = _tiny(rounds=2, **over)
+    full = run_training(cfg, tmp_path / "full", cifar, progress=False)
+
+    def stop(server_round, row):
+        if server_round == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(cfg, tmp_path / "cut", cifar, progress=False, callbacks=(stop,))
+    resumed = run_training(cfg, tmp_path / "cut", cifar, resume=True, progress=False)
+    pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
+    a = load_file(tmp_path / "full" / "checkpoint.safetensors")
+    b = load_file(tmp_path / "cut" / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # weights and strategy state
+
+
+def test_compare_command_writes_table_and_plot_and_fedprox_mu0_equals_fedavg(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--preset", "smoke", "--quiet", "--out", str(out), "--target", "0.01"]
+    args += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    assert main([*args, "--strategies", "fedavg", "fedprox:proximal_mu=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "| `fedprox:proximal_mu=0` |" in printed and "rounds to 1.0%" in printed
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["variant"]) == ["fedavg", "fedprox:proximal_mu=0"]
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "fedprox_proximal_mu=0" / "metrics.csv").exists()
+    runs = [pd.read_csv(out / d / "metrics.csv") for d in ("fedavg", "fedprox_proximal_mu=0")]
+    pd.testing.assert_frame_equal(runs[0][DETERMINISTIC], runs[1][DETERMINISTIC])  # FedProx(μ=0) is FedAvg
+    assert table["final_test_acc"].iloc[0] == table["final_test_acc"].iloc[1]
+
+    # Re-running reads the finished runs back instead of training them again.
+    before = (out / "fedavg" / "metrics.csv").stat().st_mtime_ns
+    assert main([*args, "--strategies", "fedavg"]) == 0
+    assert (out / "fedavg" / "metrics.csv").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("strategies", "message"),
+    [
+        (["fedmagic"], "unknown strategy 'fedmagic'"),
+        (["fedprox:proximal_mu=-1"], "proximal_mu must be >= 0"),
+        (["fedprox:mu"], "expected key=value"),
+        (["krum:krum_byzantine=1"], "krum needs clients_per_round > 2 * krum_byzantine + 2"),
+    ],
+)
+def test_compare_errors_are_one_line_and_start_no_training(tmp_path, capsys, strategies, message):
+    code = main(["compare", "--preset", "smoke", "--out", str(tmp_path / "c"), "--strategies", *strategies])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c").exists()
