@@ -51,6 +51,8 @@ def test_compile_only_where_it_pays():
         return build_config("paper", None, kw)
 
     assert not compile_pays(cfg(rounds=2), "cpu", 2)  # a short run never repays the warm-up
+    assert not compile_pays(cfg(rounds=100), "cpu", 2)  # and on this CPU compiling did not pay at all
+    assert not compile_pays(cfg(rounds=2), "cuda", 2)
     assert compile_pays(cfg(rounds=100), "cuda", 2)  # the paper's run on a GPU does
     assert compile_pays(cfg(rounds=1, compile="on"), "cpu", 2)
     assert not compile_pays(cfg(rounds=10_000, compile="off"), "cuda", 2)

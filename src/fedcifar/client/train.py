@@ -104,7 +104,7 @@ def train_client(
     if instructions.local_weights:
         overlay_weights(model, instructions.local_weights)
     optimizer_class = torch.optim.SGD if instructions.optimizer == "sgd" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=instructions.lr)
+    optimizer = optimizer_class(model.parameters(), lr=instructions.lr, fused=runtime.fused_optimizer)
     hooks = LocalHooks(model, instructions.proximal_mu, instructions.control, device)
     loss_fn = nn.CrossEntropyLoss()
 
