@@ -10,7 +10,8 @@ so several clients are in flight at once.
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,7 @@ class Runtime:
 
     def stream(self, stream: Any) -> AbstractContextManager:
         """Run the enclosed kernels on ``stream`` (no-op on CPU or for None)."""
-        return torch.cuda.stream(stream) if stream is not None else nullcontext()
+        return _on_stream(stream) if stream is not None else nullcontext()
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move a fresh model to the device and memory format, compiled if chosen."""
@@ -79,6 +80,14 @@ class Runtime:
             f"{self.device.type}, {precision}, {layout}{compiled}, "
             f"{self.workers} worker(s) x {self.threads_per_worker} thread(s)"
         )
+
+
+@contextmanager
+def _on_stream(stream: Any) -> Iterator[None]:
+    # The global weights were written on the default stream: wait for them before reading.
+    stream.wait_stream(torch.cuda.default_stream(stream.device))
+    with torch.cuda.stream(stream):
+        yield
 
 
 def cpu_count() -> int:
