@@ -165,9 +165,22 @@ def test_over_the_size_limit(client):
     big = encode(rgb(16, 16), "PNG") + b"\x00" * (limit + 10)
     r = post(client, big)
     assert r.status_code == 413 and "upload limit" in r.json()["detail"]
-    # Far over: the body limit stops reading before the multipart parser sees it all.
+    # Far over, declared in Content-Length: refused before the body is read.
     r = post(client, b"\x00" * (3 * limit))
-    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert r.status_code == 413 and "upload limit" in r.json()["detail"]
+    # Far over, chunked (no Content-Length): cut off once past the limit.
+    boundary = "xyz"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'.encode()
+
+    def chunks():
+        yield head
+        for _ in range(50):
+            yield b"\x00" * (limit // 10)
+
+    r = client.post(
+        "/api/predict", content=chunks(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert r.status_code == 413 and "upload limit" in r.json()["detail"]
     assert post(client, GOOD_UPLOADS["png-rgb"]()).status_code == 200
 
 

@@ -9,6 +9,7 @@ the parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import socket
@@ -101,7 +102,9 @@ class Trainer:
 
     def start(self, on_failure) -> None:
         print(f"fedcifar: training beside the server: {' '.join(self.cmd[2:])}", file=sys.stderr, flush=True)
-        self.proc = subprocess.Popen(self.cmd)
+        # Its own session: a terminal's Ctrl-C reaches the server only, which then stops training
+        # with exactly one SIGINT. (Two would interrupt the trainer's own clean shutdown.)
+        self.proc = subprocess.Popen(self.cmd, start_new_session=True)
         threading.Thread(target=self._watch, args=(on_failure,), name="fedcifar-trainer-watch", daemon=True).start()
 
     def _watch(self, on_failure) -> None:
@@ -115,19 +118,22 @@ class Trainer:
             log.error("fedcifar serve: training exited with code %s; stopping the server", code)
             on_failure()
 
-    def stop(self, grace: float = 30.0) -> int | None:
-        """Stop training as Ctrl-C would (it keeps its last complete round), then wait for it."""
+    def stop(self, grace: float = 300.0) -> int | None:
+        """Stop training as Ctrl-C would (it keeps its last complete round) and wait for it.
+
+        Training finishes the client updates in flight before it exits; a second Ctrl-C while
+        waiting ends it at once with SIGTERM (the checkpoint on disk is complete either way).
+        """
         if self.proc is None:
             return None
         self.stopping = True
-        try:
-            return self.proc.wait(timeout=3)  # a Ctrl-C in the terminal reached it already
-        except subprocess.TimeoutExpired:
-            pass
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        print("fedcifar: stopping training (it keeps its last complete round)...", file=sys.stderr, flush=True)
         self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
             self.proc.terminate()
             try:
                 return self.proc.wait(timeout=10)
@@ -186,10 +192,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if trainer is not None:
             trainer.start(on_trainer_failure)
-        server.run(sockets=[sock])
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises a Ctrl-C after its clean shutdown
+            server.run(sockets=[sock])
     finally:
         code = trainer.stop() if trainer is not None else None
         sock.close()
     if failed.is_set():
         return int(code or 1) if code not in INTERRUPTED else 1
+    if trainer is not None:
+        print(
+            f"fedcifar: stopped; {settings.run_dir} keeps its last complete round (run again to resume)",
+            file=sys.stderr,
+        )
     return 0

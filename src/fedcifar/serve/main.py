@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedcifar.serve.deps import ServeState
 from fedcifar.serve.labels import read_fine_labels
+from fedcifar.serve.limits import BodySizeLimit
 from fedcifar.serve.predictor import LoadedModel, MicroBatcher, ModelStore, Predictor, inference_runtime
 from fedcifar.serve.routers import dashboard, model, pages, predict
 from fedcifar.serve.run_status import RunReader
@@ -100,17 +101,13 @@ def create_app(settings: ServeSettings, preloaded: LoadedModel | None = None) ->
         summary="Top-5 CIFAR-100 predictions from a federated ResNet-18, and a live training dashboard.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_upload_bytes + MULTIPART_SLACK,
     )
     app.state.settings = settings
     app.state.preloaded = preloaded
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 413 and detail == "Content Too Large":  # Starlette's body limit, no reason given
-            detail = f"request body over the {settings.max_upload_bytes:,}-byte upload limit"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,6 +118,11 @@ def create_app(settings: ServeSettings, preloaded: LoadedModel | None = None) ->
         log.exception("fedcifar serve: unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal server error (logged on the server)"}, status_code=500)
 
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_upload_bytes + MULTIPART_SLACK,
+        reason=f"request body over the {settings.max_upload_bytes:,}-byte upload limit",
+    )
     app.include_router(predict.router)
     app.include_router(model.router)
     app.include_router(dashboard.router)

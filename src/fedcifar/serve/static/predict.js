@@ -63,6 +63,10 @@ function render(body, file) {
     list.appendChild(li);
   }
   if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.onload = () => {
+    // Tiny images (CIFAR's own 32x32) are shown as crisp pixels rather than a blur.
+    preview.style.imageRendering = preview.naturalWidth <= 64 ? "pixelated" : "auto";
+  };
   preview.src = URL.createObjectURL(file);
   meta.textContent = `answered by the model of round ${body.model_round}`;
   result.hidden = false;
