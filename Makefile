@@ -1,10 +1,10 @@
-# fedcifar: `make run` trains the paper configuration, `make test` runs every test.
+# fedcifar: `make run` trains the paper configuration and serves it, `make test` runs every test.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/paper
 
-.PHONY: run test lint install install-dev clean
+.PHONY: run test lint install install-dev clean browser-deps docker-deps docker-image test-docker
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +21,39 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Trains the paper configuration into $(RUN_DIR) (resuming it if it exists) and serves the
+# upload page and live dashboard on http://127.0.0.1:8000 at once; Ctrl-C stops both.
 run: install
-	$(BIN)/fedcifar train --preset paper --out $(RUN_DIR) --auto-resume
+	$(BIN)/fedcifar serve --run $(RUN_DIR) --train-preset paper --host 127.0.0.1 --port 8000
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-test: lint
+test: lint browser-deps
 	$(BIN)/python -m pytest
+
+# Debian's Chromium and ChromeDriver for tests/test_browser.py (CI starts on a fresh machine).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# podman (with runc), podman-compose and debootstrap: no Docker engine runs here.
+docker-deps:
+	@command -v podman >/dev/null && command -v podman-compose >/dev/null && command -v runc >/dev/null \
+	  && command -v debootstrap >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman podman-compose runc debootstrap >/dev/null; }
+
+docker-image: install docker-deps
+	docker/build-image.sh localhost/fedcifar:latest
+
+# Builds the image, runs fl-training (smoke preset) and fl-webapp with podman-compose, posts a
+# real CIFAR-100 test image to the web app, then removes everything it made but its caches.
+test-docker: install docker-deps
+	docker/test-docker.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

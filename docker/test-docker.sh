@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# `make test-docker`: build the image, run both compose services with the smoke preset, wait
-# for fl-webapp to be healthy, post a real CIFAR-100 test image from the host and check the
-# five predictions, then remove containers, volumes, network and the test image.
-#
-# Reused between runs (outside the repository or as podman images, never committed):
-#   localhost/fedcifar-base:bookworm     debootstrap base (docker/base-image.sh)
-#   ~/.cache/fedcifar/wheelhouse         the wheels (docker/wheelhouse.py)
-#   localhost/fedcifar-deps:<pins hash>  the dependency layers (Dockerfile stage `deps`)
+# `make test-docker`: build the image (docker/build-image.sh, which reuses the base image, the
+# wheelhouse and the dependency layers between runs), run both compose services with the
+# smoke preset, wait for fl-webapp to be healthy, post a real CIFAR-100 test image from the
+# host and check the five predictions, then remove containers, volumes, network and the
+# test image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/docker/containers.conf}"
 PYTHON="${PYTHON:-.venv/bin/python}"
-BASE_IMAGE="${BASE_IMAGE:-localhost/fedcifar-base:bookworm}"
 IMAGE="localhost/fedcifar:test"
 PROJECT="fedcifar-test"
 PORT="${FEDCIFAR_TEST_PORT:-18000}"
@@ -47,28 +43,8 @@ for tool in podman podman-compose runc; do
     command -v "$tool" >/dev/null || { echo "test-docker: $tool missing (make docker-deps)" >&2; exit 1; }
 done
 
-step "base image"
-docker/base-image.sh "$BASE_IMAGE"
-
-step "wheelhouse"
-"$PYTHON" docker/wheelhouse.py
-
-deps_tag="localhost/fedcifar-deps:$(sha256sum build/wheelhouse/requirements.txt | cut -c1-12)"
-if podman image exists "$deps_tag"; then
-    step "dependency layers: reusing $deps_tag"
-else
-    step "dependency layers: building $deps_tag"
-    podman build --format docker --layers --target deps --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$deps_tag" .
-    for old in $(podman images --format '{{.Repository}}:{{.Tag}}' localhost/fedcifar-deps); do
-        [ "$old" = "$deps_tag" ] || podman rmi "$old" >/dev/null 2>&1 || true
-    done
-fi
-
 trap teardown EXIT
-step "image $IMAGE"
-podman build --format docker --layers --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE" . | grep -E '^(STEP|COMMIT|Successfully)' || true
-podman image exists "$IMAGE"
-step "image size: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
+docker/build-image.sh "$IMAGE"
 
 step "compose up (smoke preset, web app on port $PORT)"
 # podman without systemd cannot schedule healthchecks (it logs so); this script runs them itself.
