@@ -58,6 +58,7 @@ def describe(w: Workload) -> str:
 def run_child(cmd: list[str], out_json: Path, log_file: Path, timeout: float, env: dict[str, str]) -> dict[str, Any]:
     """Run one measurement in its own session; add its process tree's peak memory."""
     start = time.perf_counter()
+    load_before = os.getloadavg()[0]  # other work on the machine skews every figure: keep the record
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         with TreeSampler(proc.pid) as sampler:
@@ -78,6 +79,7 @@ def run_child(cmd: list[str], out_json: Path, log_file: Path, timeout: float, en
         peak_pss_tree_mb=sampler.peak.pss_mb,
         processes=sampler.peak.processes,
         wall_seconds=seconds,
+        load_average_1min=[load_before, os.getloadavg()[0]],
         log=str(log_file),
     )
     return result
