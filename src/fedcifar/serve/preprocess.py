@@ -43,6 +43,11 @@ class ImageRejected(ValueError):
 
 def decode_image(data: bytes, max_pixels: int = 64_000_000) -> torch.Tensor:
     """Decode an uploaded file into a uint8 tensor (3, 32, 32), or raise :class:`ImageRejected`."""
+    return finish_image(open_image(data, max_pixels))
+
+
+def open_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
+    """Steps 1-2: identify the format and check the declared size. Reads headers only: cheap."""
     if not data:
         raise ImageRejected(400, "the uploaded file is empty")
     try:
@@ -55,27 +60,30 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000) -> torch.Tensor:
         raise ImageRejected(413, f"image rejected as a decompression bomb: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's header parsers raise all three
         raise ImageRejected(400, f"corrupt image header ({_one_line(exc)})") from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected(400, f"image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            413,
+            f"image declares {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+            " (decompression bomb guard)",
+        )
+    return img
 
-    with img:
-        width, height = img.size
-        if width <= 0 or height <= 0:
-            raise ImageRejected(400, f"image declares an empty size {width}x{height}")
-        if width * height > max_pixels:
-            raise ImageRejected(
-                413,
-                f"image declares {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
-                " (decompression bomb guard)",
-            )
-        try:
-            img.seek(0)
-            if img.format == "JPEG":
-                img.draft("RGB", (_JPEG_DRAFT_SIZE, _JPEG_DRAFT_SIZE))
-            img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img))
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected(413, f"image rejected as a decompression bomb: {exc}") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise ImageRejected(400, f"corrupt or truncated {img.format} image ({_one_line(exc)})") from None
+
+def finish_image(img: Image.Image) -> torch.Tensor:
+    """Steps 3-5 on an image from :func:`open_image`: decode, RGB, crop and resize."""
+    try:
+        img.seek(0)
+        if img.format == "JPEG":
+            img.draft("RGB", (_JPEG_DRAFT_SIZE, _JPEG_DRAFT_SIZE))
+        img.load()
+        rgb = to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(413, f"image rejected as a decompression bomb: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageRejected(400, f"corrupt or truncated {img.format} image ({_one_line(exc)})") from None
     return to_tensor(fit_square(rgb))
 
 
