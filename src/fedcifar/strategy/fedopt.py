@@ -11,7 +11,9 @@ optimizer step. BatchNorm running statistics take the mean, counters the max.
   Adam v = β2·v + (1-β2)Δ², Yogi v = v - (1-β2)Δ²·sign(v - Δ²), Adagrad v = v + Δ²,
   and x = x + η·m / (sqrt(v) + τ), with v initialised to τ² and no bias correction, as in
   the paper (Flower's FedAdam adds Adam's bias correction to η; ours does not). Default
-  η = 1e-2 and τ = 1e-3, Flower's FedYogi defaults, inside Reddi et al.'s grid.
+  τ = 1e-3 and η = 1e-3, the clients' own Adam lr: each round then moves a weight by at
+  most about η, as far as one local Adam step. Flower's FedYogi default η = 1e-2 made
+  FedAdam diverge in our CIFAR-100 comparison (test loss 4.6 -> 29 in 12 rounds).
 
 The steps are pure functions on tensors, tested against numpy; they are not torch
 optimizers because Yogi has none and Reddi's τ sits outside the square root.
@@ -119,7 +121,7 @@ class FedAdaptive(FedOpt):
     """The three adaptive optimizers of Reddi et al. share everything but the v update."""
 
     rule = "adam"
-    default_lr = 1e-2
+    default_lr = 1e-3
     slots = ("m", "v")
 
     def __init__(
