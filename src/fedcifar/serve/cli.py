@@ -129,7 +129,12 @@ class Trainer:
         self.stopping = True
         if self.proc.poll() is not None:
             return self.proc.returncode
-        print("fedcifar: stopping training (it keeps its last complete round)...", file=sys.stderr, flush=True)
+        print(
+            "fedcifar: stopping training: it finishes the client updates in flight and keeps its last complete"
+            " round (Ctrl-C again to stop it now)",
+            file=sys.stderr,
+            flush=True,
+        )
         self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(timeout=grace)
