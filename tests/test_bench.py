@@ -128,6 +128,14 @@ def test_summary_without_competitors_leaves_ratios_out():
     assert "speedup_vs_paper_images_per_sec" not in s and s["met"]["3x paper-style images/s"] is None
 
 
+def test_bench_stops_at_once_without_the_data(tmp_path):
+    from fedcifar.data.cifar100 import DataError
+
+    with pytest.raises(DataError, match="cifar-100-python"):
+        run_bench(BenchOptions(Workload(data_dir=str(tmp_path / "nowhere")), tmp_path / "out"), say=lambda _l: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_tiny_bench_end_to_end(tmp_path, cifar):
     w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
     opts = BenchOptions(

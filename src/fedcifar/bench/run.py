@@ -27,6 +27,7 @@ import torch
 from fedcifar.bench.memory import TreeSampler
 from fedcifar.bench.report import markdown, summarize
 from fedcifar.bench.workload import Workload
+from fedcifar.data.cifar100 import DataError, resolve_data_dir
 
 IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower")
 QUICK = {"rounds": 3, "clients_per_round": 4, "local_epochs": 1}
@@ -117,6 +118,11 @@ def commands(opts: BenchOptions, workload_file: Path, out: Callable[[str], Path]
 def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every part, write ``bench.json`` and ``bench.md`` into ``opts.out_dir``; return the data."""
     out_dir = opts.out_dir
+    data_root = resolve_data_dir(opts.workload.data_dir or None)
+    if not (data_root / "cifar-100-python").is_dir():  # fail before minutes of child processes
+        raise DataError(
+            f"CIFAR-100 not found under {data_root}/cifar-100-python; pass --data-dir or set FEDCIFAR_DATA_DIR"
+        )
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     workload_file = out_dir / "workload.json"
     opts.workload.save(workload_file)
