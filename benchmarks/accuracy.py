@@ -24,7 +24,7 @@ SHORT = {
     "partitioner": "iid",  # learns fastest in few rounds, so accuracy is well above chance
     "rounds": 3,
     "clients_per_round": 4,
-    "local_steps": 20,
+    "local_steps": 12,
     "eval_every": 3,  # evaluate once, at the end, on all 10,000 test images
 }
 
