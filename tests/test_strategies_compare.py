@@ -30,8 +30,17 @@ def test_variants_parse_names_and_overrides():
 
 def test_summary_reports_final_best_rounds_to_target_and_wall_time():
     frames = {
-        "a": pd.DataFrame({"round": [1, 2, 3], "test_acc": [0.01, 0.06, 0.05], "round_seconds": [10.0, 11.0, 12.0]}),
-        "b": pd.DataFrame({"round": [1, 2, 3], "test_acc": [0.01, 0.02, 0.03], "round_seconds": [5.0, 5.0, 5.0]}),
+        "a": pd.DataFrame(
+            {
+                "round": [1, 2, 3],
+                "test_acc": [0.01, 0.06, 0.05],
+                "test_loss": [4.6, 4.5, 4.25],
+                "round_seconds": [10.0, 11.0, 12.0],
+            }
+        ),
+        "b": pd.DataFrame(
+            {"round": [1, 2, 3], "test_acc": [0.01, 0.02, 0.03], "test_loss": [5.0] * 3, "round_seconds": [5.0] * 3}
+        ),
     }
     table = summarize(frames, target=0.05)
     a, b = table.iloc[0], table.iloc[1]
@@ -39,5 +48,5 @@ def test_summary_reports_final_best_rounds_to_target_and_wall_time():
     assert a.wall_seconds == 33.0 and a.seconds_per_round == 11.0
     assert math.isnan(b.rounds_to_target) or b.rounds_to_target is None
     text = markdown_table(table, 0.05)
-    assert "| `a` | 5.00% | 6.00% | 2 | 2 | 33 | 11.0 |" in text
-    assert "| `b` | 3.00% | 3.00% | 3 | not reached | 15 | 5.0 |" in text
+    assert "| `a` | 5.00% | 6.00% | 2 | 4.25 | 2 | 33 | 11.0 |" in text
+    assert "| `b` | 3.00% | 3.00% | 3 | 5.00 | not reached | 15 | 5.0 |" in text

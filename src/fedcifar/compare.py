@@ -32,6 +32,7 @@ TABLE_COLUMNS = {
     "final_test_acc": "final test acc",
     "best_test_acc": "best test acc",
     "best_round": "best round",
+    "final_test_loss": "final test loss",
     "rounds_to_target": "rounds to target",
     "wall_seconds": "wall time (s)",
     "seconds_per_round": "s / round",
@@ -94,6 +95,7 @@ def summarize(frames: dict[str, pd.DataFrame], target: float) -> pd.DataFrame:
                 "final_test_acc": float(tested["test_acc"].iloc[-1]) if len(tested) else float("nan"),
                 "best_test_acc": float(best["test_acc"]) if best is not None else float("nan"),
                 "best_round": int(best["round"]) if best is not None else None,
+                "final_test_loss": float(tested["test_loss"].iloc[-1]) if len(tested) else float("nan"),
                 "rounds_to_target": int(reached["round"].iloc[0]) if len(reached) else None,
                 "wall_seconds": wall,
                 "seconds_per_round": wall / max(len(frame), 1),
@@ -113,6 +115,7 @@ def markdown_table(table: pd.DataFrame, target: float) -> str:
             f"{row.final_test_acc:.2%}",
             f"{row.best_test_acc:.2%}",
             "–" if row.best_round is None or pd.isna(row.best_round) else str(int(row.best_round)),
+            f"{row.final_test_loss:.2f}",
             "not reached"
             if row.rounds_to_target is None or pd.isna(row.rounds_to_target)
             else str(int(row.rounds_to_target)),
