@@ -38,9 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["FLOWERBENCH_TICKS"] = str(ticks_file)
 
     import numpy as np
-    from flowerbench.client_app import app as client_app
-    from flowerbench.server_app import app as server_app
-    from flwr.simulation import run_simulation
+
+    try:
+        from flowerbench.client_app import app as client_app
+        from flowerbench.server_app import app as server_app
+        from flwr.simulation import run_simulation
+    except ImportError as exc:
+        raise SystemExit(f"flowerbench: {exc}; is Flower installed? pip install -e '.[flower]'") from None
 
     from fedcifar.bench.workload import Workload, measured
     from fedcifar.data.cifar100 import load_cifar100
