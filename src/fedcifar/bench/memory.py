@@ -70,9 +70,13 @@ class Peak:
 
 
 class TreeSampler:
-    """Samples a process tree's memory every ``interval`` seconds until stopped."""
+    """Samples a process tree's memory every ``interval`` seconds until stopped.
 
-    def __init__(self, root: int, interval: float = 0.25) -> None:
+    Reading smaps_rollup walks the page tables of a process, so sampling is not free: at 0.25 s
+    it took a fifth of a core from the measured child; at 1 s it costs about 2 %.
+    """
+
+    def __init__(self, root: int, interval: float = 1.0) -> None:
         self.root, self.interval = root, interval
         self.peak = Peak()
         self._stop = threading.Event()

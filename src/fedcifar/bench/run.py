@@ -2,8 +2,8 @@
 
 Each implementation runs in a child process of its own, so its memory is its own: the
 kernel's peak RSS of the child, and the peak PSS summed over the child's whole process tree
-(Flower's Ray backend runs many processes). Children run one after another on an otherwise
-quiet machine; nothing here is timed in parallel.
+(Flower's Ray backend runs many processes), sampled every second. Children run one after
+another; nothing here is timed in parallel.
 """
 
 from __future__ import annotations
