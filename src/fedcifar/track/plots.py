@@ -45,6 +45,10 @@ def plot_curves(frame: pd.DataFrame, run_dir: str | Path) -> list[Path]:
     return paths
 
 
+MAX_BAR_CLIENTS = 200  # above this, plot_partition draws a raster instead of bars
+COMPOSITION_PIXELS = 400
+
+
 def plot_partition(counts: np.ndarray, path: str | Path, title: str = "") -> Path:
     """Each client's class composition as a stacked bar, most skewed client first."""
     order = np.argsort(-skew(counts), kind="stable")
@@ -55,13 +59,22 @@ def plot_partition(counts: np.ndarray, path: str | Path, title: str = "") -> Pat
     palette = np.concatenate([plt.get_cmap(n)(np.arange(20)) for n in ("tab20", "tab20b", "tab20c")])
     colors = palette[np.arange(num_classes) % len(palette)]
     fig, (ax, ax_size) = plt.subplots(
-        1, 2, figsize=(10, max(3.0, 0.12 * num_clients + 1.5)), gridspec_kw={"width_ratios": [4, 1]}, sharey=True
+        1,
+        2,
+        figsize=(10, min(24.0, max(3.0, 0.12 * num_clients + 1.5))),
+        gridspec_kw={"width_ratios": [4, 1]},
+        sharey=True,
     )
     y = np.arange(num_clients)
-    left = np.zeros(num_clients)
-    for c in range(num_classes):
-        ax.barh(y, frac[:, c], left=left, color=colors[c], height=1.0, linewidth=0)
-        left += frac[:, c]
+    if num_clients <= MAX_BAR_CLIENTS:
+        left = np.zeros(num_clients)
+        for c in range(num_classes):
+            ax.barh(y, frac[:, c], left=left, color=colors[c], height=1.0, linewidth=0)
+            left += frac[:, c]
+    else:  # one raster row per client: bars would be clients x classes artists (memory grows with clients)
+        x = (np.arange(COMPOSITION_PIXELS) + 0.5) / COMPOSITION_PIXELS
+        cls = np.stack([np.searchsorted(np.cumsum(row), x, side="right") for row in frac]).clip(0, num_classes - 1)
+        ax.imshow(colors[cls], aspect="auto", interpolation="nearest", extent=(0, 1, num_clients - 0.5, -0.5))
     ax.set_xlim(0, 1)
     ax.set_ylim(num_clients - 0.5, -0.5)
     ax.set_xlabel("fraction of the client's samples (colour = class)")
