@@ -153,3 +153,17 @@ def test_tiny_bench_end_to_end(tmp_path, cifar):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(bench["summary"]))
     assert "| paper-style |" in (tmp_path / "bench.md").read_text()
+
+
+def test_partition_plot_of_a_thousand_clients_is_one_raster(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from fedcifar.track.plots import plot_partition
+
+    bars = []
+    real_barh = matplotlib.axes.Axes.barh
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", lambda self, *a, **k: bars.append(1) or real_barh(self, *a, **k))
+    counts = np.random.default_rng(0).integers(0, 5, size=(1000, 100))
+    path = plot_partition(counts, tmp_path / "p.png")
+    assert path.stat().st_size > 0
+    assert len(bars) == 1  # only the size panel; the composition is an image, not 100 bar series
