@@ -50,6 +50,7 @@ class Cell:
     p50_ms: float
     p99_ms: float
     mean_batch: float | None
+    load_before: float  # 1-minute load average when the cell started: other work on the 2 cores
 
 
 def free_port() -> int:
@@ -164,17 +165,18 @@ class Server:
         self.log.close()
 
 
-def start_servers(model: Path) -> list[tuple[str, list[str], str]]:
+def start_servers(model: Path, app_args: list[str]) -> dict[str, tuple[str, list[str], str, int]]:
+    """name, command, predict path and port of each server, by key."""
     py = sys.executable
     app_port, naive_port = free_port(), free_port()
-    return [
-        (
+    return {
+        "app": (
             "fedcifar (micro-batched, bf16 where native)",
-            [py, "-m", "fedcifar", "serve", "--model", str(model), "--port", str(app_port)],
+            [py, "-m", "fedcifar", "serve", "--model", str(model), "--port", str(app_port), *app_args],
             "/api/predict",
             app_port,
         ),
-        (
+        "naive": (
             "naive per-request fp32 (paper)",
             [
                 py,
@@ -187,18 +189,19 @@ def start_servers(model: Path) -> list[tuple[str, list[str], str]]:
             "/predict",
             naive_port,
         ),
-    ]
+    }
 
 
 def markdown(cells: list[Cell]) -> str:
     lines = [
-        "| server | clients | req/s | p50 ms | p99 ms | mean batch |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | clients | req/s | p50 ms | p99 ms | mean batch | load avg before |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         batch = f"{c.mean_batch:.1f}" if c.mean_batch else "1 (none)"
         lines.append(
-            f"| {c.server} | {c.concurrency} | {c.req_per_s:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {batch} |"
+            f"| {c.server} | {c.concurrency} | {c.req_per_s:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {batch} "
+            f"| {c.load_before:.2f} |"
         )
     return "\n".join(lines)
 
@@ -211,6 +214,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each cell")
     parser.add_argument("--images", type=int, default=64, help="distinct test images cycled through")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "loadgen.json")
+    parser.add_argument("--servers", nargs="+", choices=["app", "naive"], default=["app", "naive"])
+    parser.add_argument("--app-args", default="", help="extra `fedcifar serve` options, e.g. '--batch-wait-ms 0'")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,11 +228,14 @@ def main() -> int:
             model = Path(tmp) / "model_global.safetensors"
         pngs = test_images(args.images)
         cells: list[Cell] = []
-        for name, cmd, path, port in start_servers(model):
+        servers = start_servers(model, args.app_args.split())
+        for key in args.servers:
+            name, cmd, path, port = servers[key]
             server = Server(name, cmd, path, port)
             try:
                 requests = [http_request(path, port, png) for png in pngs]
                 for c in args.concurrency:
+                    load = os.getloadavg()[0]
                     lat, errors, seconds = asyncio.run(closed_loop(port, requests, c, args.warmup, args.duration))
                     ms = [x * 1000 for x in lat]
                     cell = Cell(
@@ -240,6 +248,7 @@ def main() -> int:
                         statistics.median(ms),
                         percentile(ms, 99),
                         server.mean_batch() if path == "/api/predict" else None,
+                        round(load, 2),
                     )
                     print(f"{name} c={c}: {cell.req_per_s:.1f} req/s p50 {cell.p50_ms:.1f} ms p99 {cell.p99_ms:.1f} ms")
                     cells.append(cell)

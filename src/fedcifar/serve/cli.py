@@ -46,6 +46,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="largest micro-batch (default: 64)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a lone request waits for company")
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between model file checks")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for inference (default: torch's choice)")
     p.add_argument(
         "--train-preset",
         metavar="PRESET",
@@ -156,6 +157,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fedcifar.serve.predictor import Predictor, inference_runtime
     from fedcifar.serve.settings import MB, ServeSettings
 
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.train_preset and not args.run:
         raise UserError("--train-preset needs --run RUN_DIR (the run directory to train into)")
     try:

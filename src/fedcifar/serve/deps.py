@@ -28,7 +28,3 @@ class ServeState:
 
 def get_state(request: Request) -> ServeState:
     return request.app.state.serve
-
-
-def get_settings(request: Request) -> ServeSettings:
-    return get_state(request).settings
