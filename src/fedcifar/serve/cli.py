@@ -199,6 +199,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         failed.set()
         server.should_exit = True
 
+    # A process started in the background by a non-interactive shell (CI, `make ... &`) inherits
+    # SIGINT as ignored, and so would the trainer, which then could not be stopped with it.
+    # Handle it here so that the trainer starts with the default disposition (KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if trainer is not None:
             trainer.start(on_trainer_failure)
