@@ -44,7 +44,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest declared image size in pixels")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 where native")
     p.add_argument("--max-batch", type=int, default=64, help="largest micro-batch (default: 64)")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a lone request waits for company")
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=0.0, help="how long a lone request waits for company (default: 0)"
+    )
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between model file checks")
     p.add_argument("--threads", type=int, default=0, help="torch threads for inference (default: torch's choice)")
     p.add_argument(

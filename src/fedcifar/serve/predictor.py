@@ -9,7 +9,8 @@
 * :class:`MicroBatcher` queues requests from the event loop and runs them through the model
   in batches on one dedicated inference thread. While a batch runs, newcomers queue up and
   form the next batch, so batch size grows with load and a lone request waits at most
-  ``batch_wait_ms`` for company.
+  ``batch_wait_ms`` for company (0 by default: measured here, natural batching alone gave
+  lower latency at one client and no less throughput at 16).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class MicroBatcher:
         self,
         run_batch: Callable[[torch.Tensor], BatchResult],
         max_batch: int = 64,
-        batch_wait_ms: float = 2.0,
+        batch_wait_ms: float = 0.0,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch = max_batch

@@ -31,7 +31,7 @@ class ServeSettings:
     precision: Precision = "auto"
     channels_last: bool = True
     max_batch: int = 64
-    batch_wait_ms: float = 2.0  # how long a lone request waits for company before running alone
+    batch_wait_ms: float = 0.0  # extra wait for company; 0: batches form only from requests that queued meanwhile
     reload_interval: float = 1.0  # seconds between checks of the model file
 
     def __post_init__(self) -> None:
