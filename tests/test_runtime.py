@@ -138,7 +138,9 @@ def test_parallel_evaluation_equals_one_pass():
     fp32 = Runtime(torch.device("cpu"), None, False, 3, 1)
     whole = evaluate(model, weights, images, labels, fp32, batch_size=50)
     with ModelPool(lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 100)), 3) as pool:
-        split = evaluate_parallel(pool, weights, images, labels, fp32, batch_size=50)
+        counts = evaluate_parallel(pool, weights, images, labels, fp32, batch_size=50)
+    split = counts.scores()
+    assert counts.n == 203 and sum(counts.class_total) == 203 and sum(counts.class_correct) == counts.top1
     assert split["acc"] == pytest.approx(whole["acc"]) and split["top5"] == pytest.approx(whole["top5"])
     assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
 

@@ -35,7 +35,7 @@ def test_model_file_with_the_wrong_tensors(tmp_path, capsys):
     other = tmp_path / "other.safetensors"
     save_file({"weight": torch.zeros(3)}, str(other))
     code, err = run_cli(capsys, "--model", str(other))
-    assert code == 2 and err.count("\n") == 1 and "does not hold a resnet18-cifar model" in err
+    assert code == 2 and err.count("\n") == 1 and "does not hold a resnet18 model" in err
 
 
 def test_missing_label_names(model_file, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Models."""
 
-from fedcifar.model.resnet import build_model
+from fedcifar.model.resnet import ARCHITECTURES, build_model
+from fedcifar.model.spec import ModelSpec, ModelSpecError
 
-__all__ = ["build_model"]
+__all__ = ["ARCHITECTURES", "ModelSpec", "ModelSpecError", "build_model"]

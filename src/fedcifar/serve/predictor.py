@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fedcifar.data.augment import Normalize
-from fedcifar.model import build_model
+from fedcifar.model import ModelSpec, ModelSpecError
 from fedcifar.sim.runtime import Runtime, bf16_supported
 from fedcifar.track.checkpoint import CheckpointError, load_global
 
@@ -104,16 +104,16 @@ class Predictor:
             # load_global opens the file twice (metadata, then tensors): a replacement in between
             # could pair one round's metadata with another's weights. Never serve that mix.
             raise ModelChanged(f"{path} was replaced while loading; loading the new version instead")
-        norm = info.get("norm", "batch")
-        num_classes = int(info.get("num_classes") or 100)
         try:
-            model = build_model(norm, num_classes=num_classes)
+            spec = ModelSpec.from_metadata(info)
+        except ModelSpecError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        try:
+            model = spec.build()
             model.load_state_dict(weights, strict=True)
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(
-                f"{path} does not hold a {info.get('arch', 'resnet18-cifar')} model ({first})"
-            ) from None
+            raise CheckpointError(f"{path} does not hold a {spec.arch} model ({first})") from None
         model = model.to(self.runtime.device, memory_format=self.runtime.memory_format).eval()
         loaded = LoadedModel(model, dict(info), Path(path), stamp)
         self.forward(loaded, torch.zeros(1, 3, 32, 32, dtype=torch.uint8))  # warm-up: first request is not slow

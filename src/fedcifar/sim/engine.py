@@ -11,6 +11,8 @@ selection and each client's shuffling/augmentation are drawn from generators der
 
 from __future__ import annotations
 
+import functools
+import operator
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,11 +25,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fedcifar.client.train import ClientInstructions, ClientResult, evaluate, read_weights, train_client
+from fedcifar.client.train import (
+    ClientInstructions,
+    ClientResult,
+    EvalCounts,
+    eval_counts,
+    evaluate,
+    read_weights,
+    train_client,
+)
 from fedcifar.config import Config, config_from_dict, save_yaml
 from fedcifar.data.cifar100 import Cifar100
 from fedcifar.data.partition import Partition, class_counts, make_partition
-from fedcifar.model.resnet import build_model
+from fedcifar.fairness import client_accuracies, fairness_summary
+from fedcifar.model import ModelSpec
 from fedcifar.sim.executor import ModelPool, largest_first
 from fedcifar.sim.runtime import Runtime, resolve_runtime
 from fedcifar.strategy.population import Population
@@ -56,6 +67,10 @@ def write_partition(partition: Partition, labels: np.ndarray, out_dir: Path, tit
         frame.to_csv(tmp, index=False)
     plot_partition(counts, out_dir / "partition.png", title)
     return counts
+
+
+def model_spec(cfg: Config) -> ModelSpec:
+    return ModelSpec(cfg.model, cfg.norm, 100)
 
 
 def partition_for(cfg: Config, labels: np.ndarray) -> Partition:
@@ -104,19 +119,26 @@ def _fit_task(fed: Federation, global_weights, client_id: int, instr: ClientInst
 
 def evaluate_parallel(
     pool: ModelPool, weights, images: torch.Tensor, labels: torch.Tensor, runtime: Runtime, batch_size: int
-) -> dict[str, float]:
+) -> EvalCounts:
     """Evaluate ``weights`` with every worker on a contiguous shard of the test set."""
     n = len(labels)
     bounds = [(n * i // pool.workers, n * (i + 1) // pool.workers) for i in range(pool.workers)]
-    bounds = [(a, b) for a, b in bounds if b > a]
     tasks = [
         partial(
-            evaluate, weights=weights, images=images[a:b], labels=labels[a:b], runtime=runtime, batch_size=batch_size
+            eval_counts, weights=weights, images=images[a:b], labels=labels[a:b], runtime=runtime, batch_size=batch_size
         )
         for a, b in bounds
+        if b > a
     ]
-    parts = list(pool.map(tasks))
-    return {k: sum(p[k] * (b - a) for p, (a, b) in zip(parts, bounds, strict=True)) / max(n, 1) for k in parts[0]}
+    return functools.reduce(operator.add, pool.map(tasks))
+
+
+def test_row(counts: EvalCounts, label_counts: np.ndarray) -> dict[str, float]:
+    """The round's test columns: loss, top-1, top-5 and the per-client fairness summary."""
+    scores = counts.scores()
+    row = {"test_loss": scores["loss"], "test_acc": scores["acc"], "test_top5": scores["top5"]}
+    row.update(fairness_summary(client_accuracies(label_counts, np.array(counts.class_accuracy()))))
+    return row
 
 
 def _selection_context(fed: Federation, pool: ModelPool, population, global_weights, server_round: int):
@@ -183,7 +205,7 @@ def run_training(
         log = MetricsLog.resume(run_dir, start_round)
     else:
         log = MetricsLog(run_dir)
-        global_weights = read_weights(build_model(cfg.norm, seed=cfg.seed).to(runtime.device))
+        global_weights = read_weights(model_spec(cfg).build(seed=cfg.seed).to(runtime.device))
     save_yaml(cfg, run_dir / "config.yaml")
 
     labels = data.train_y.numpy()
@@ -200,7 +222,7 @@ def run_training(
         test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
 
     def model_factory() -> torch.nn.Module:
-        return runtime.prepare(build_model(cfg.norm, seed=cfg.seed))
+        return runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
 
     select = SELECTORS[cfg.client_selection]
     rounds_bar = tqdm(
@@ -220,8 +242,8 @@ def run_training(
             global_weights, row = _fit_round(fed, strategy, pool, server_round, sampled, global_weights, progress)
             if server_round % cfg.eval_every == 0 or server_round == cfg.rounds:
                 t_eval = time.perf_counter()
-                scores = evaluate_parallel(pool, global_weights, test_x, test_y, runtime, cfg.eval_batch_size)
-                row.update(test_loss=scores["loss"], test_acc=scores["acc"], test_top5=scores["top5"])
+                counts = evaluate_parallel(pool, global_weights, test_x, test_y, runtime, cfg.eval_batch_size)
+                row.update(test_row(counts, population.label_counts))
                 row["eval_seconds"] = time.perf_counter() - t_eval
             _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0)
             if progress:
@@ -287,9 +309,7 @@ def _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0) -> None:
     plot_curves(log.frame, run_dir)
     last_test = log.frame["test_acc"].dropna() if "test_acc" in log.frame else pd.Series(dtype=float)
     info = {
-        "arch": "resnet18-cifar",
-        "norm": cfg.norm,
-        "num_classes": 100,
+        **model_spec(cfg).to_dict(),
         "round": row["round"],
         "test_acc": float(last_test.iloc[-1]) if len(last_test) else None,
     }
@@ -300,7 +320,12 @@ def _finish_round(cfg, run_dir, log, strategy, global_weights, row, t0) -> None:
         row["round"],
         global_weights,
         tensors,
-        {"config": cfg.to_dict(), "strategy": meta, "rng": {"seed": cfg.seed, "next_round": row["round"] + 1}},
+        {
+            "config": cfg.to_dict(),
+            "model": model_spec(cfg).to_dict(),
+            "strategy": meta,
+            "rng": {"seed": cfg.seed, "next_round": row["round"] + 1},
+        },
     )
     # Writes after the metrics row: not in metrics.csv, but callbacks (the benchmark) see them.
     row["bookkeeping_seconds"] = time.perf_counter() - t_book

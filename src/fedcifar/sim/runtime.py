@@ -22,7 +22,9 @@ from fedcifar.config import Config
 
 # compile=auto compiles when a worker trains at least this many images in the run (None: never).
 # CPU: measured on the 2-core Zen 4 box, two single-thread bf16 workers ran no faster compiled
-# (35 vs 44 img/s under the same load) after a 77 s warm-up, so auto never compiles there.
+# (35 vs 44 img/s under the same load) after a 77 s warm-up, and a compiled ResNet-20 trained
+# slower than eager on one thread (454-482 vs 520-527 img/s, 42 s warm-up), so auto never
+# compiles there.
 # CUDA: compiled kernels fuse the elementwise tail of every conv block; a long run repays the
 # warm-up (not measured here: no GPU on the development machine).
 COMPILE_MIN_IMAGES_PER_WORKER: dict[str, int | None] = {"cpu": None, "cuda": 200_000}
