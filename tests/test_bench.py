@@ -139,7 +139,15 @@ def test_bench_stops_at_once_without_the_data(tmp_path):
 def test_tiny_bench_end_to_end(tmp_path, cifar):
     w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
     opts = BenchOptions(
-        w, tmp_path, ("fedcifar", "paper-style"), scale_clients=(64, 500), probe_seconds=0.02, probe_sizes=(64,)
+        w,
+        tmp_path,
+        ("fedcifar", "paper-style", "tta"),
+        scale_clients=(64, 500),
+        probe_seconds=0.02,
+        probe_sizes=(64,),
+        tta_target=0.0,  # reached by the first evaluated round
+        tta_max_rounds=2,
+        tta_overrides=("num_clients=8", "clients_per_round=2", "local_steps=1", "eval_limit=100"),
     )
     bench = run_bench(opts, say=lambda _line: None)
     for name in ("fedcifar", "paper-style"):
@@ -153,6 +161,23 @@ def test_tiny_bench_end_to_end(tmp_path, cifar):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(bench["summary"]))
     assert "| paper-style |" in (tmp_path / "bench.md").read_text()
+    tta = bench["time_to_accuracy"]
+    assert set(tta) == {"auto", "fp32"} and all(t["reached"] and t["rounds"] == 1 for t in tta.values()), tta
+    assert "fp32" in tta["fp32"]["runtime"] and "| fp32 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_time_to_accuracy_stops_at_the_target_and_reports_a_miss(cifar):
+    from fedcifar.bench.impl import run_time_to_accuracy
+
+    tiny = dict(num_clients=8, clients_per_round=2, local_steps=1, eval_limit=100)
+    hit = run_time_to_accuracy(Workload(), "fp32", 0.0, 3, **tiny)
+    assert hit["reached"] and hit["rounds"] == 1 and hit["rounds_run"] == 1 and hit["seconds"] > 0
+    miss = run_time_to_accuracy(Workload(), "fp32", 1.0, 2, **tiny)
+    assert not miss["reached"] and miss["rounds"] is None and miss["rounds_run"] == 2 and len(miss["test_acc"]) == 2
+    table = markdown(
+        {"workload_text": "w", "results": {}, "summary": {}, "time_to_accuracy": {"auto": hit, "fp32": miss}}
+    )
+    assert "Time to 0% test accuracy" in table and "| fp32 | " in table and "not in 2" in table
 
 
 def test_partition_plot_of_a_thousand_clients_is_one_raster(tmp_path, monkeypatch):

@@ -159,10 +159,14 @@ def test_upload_page_shows_five_labelled_predictions(system, browser, cifar, tmp
     Image.fromarray(cifar.test_x[index].permute(1, 2, 0).numpy()).save(image)
     browser.get(server.url + "/")
     WebDriverWait(browser, 30).until(lambda d: "round" in d.find_element(By.ID, "model-badge").text)
+    # Nothing of a result (no empty "Top 5" card, no broken preview image) before the first upload.
+    assert not browser.find_element(By.ID, "result").is_displayed()
+    assert not browser.find_element(By.ID, "preview").is_displayed()
     browser.find_element(By.ID, "file-input").send_keys(str(image))
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#predictions li")) == 5)
 
+    assert browser.find_element(By.ID, "result").is_displayed()
     rows = browser.find_elements(By.CSS_SELECTOR, "#predictions li")
     names = [r.find_element(By.CLASS_NAME, "name").text for r in rows]
     probs = [float(r.find_element(By.CLASS_NAME, "prob").text.rstrip("%")) for r in rows]
@@ -224,6 +228,8 @@ def test_dashboard_shows_live_curves_and_partition(system, browser):
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "state").text == "finished")
     assert browser.find_element(By.ID, "round").text == "2 / 2"
     assert browser.find_element(By.ID, "test-acc").text.endswith("%")
+    p10, worst = browser.find_element(By.ID, "client-acc").text.split(" / ")  # per-client fairness
+    assert p10.endswith("%") and worst.endswith("%")
     # The model lands just after its metrics row; the badge follows within a poll or two (hot reload).
     WebDriverWait(browser, 30).until(lambda d: "round 2" in d.find_element(By.ID, "model-badge").text)
     WebDriverWait(browser, 30).until(
@@ -246,6 +252,7 @@ def test_dashboard_shows_live_curves_and_partition(system, browser):
     browser.save_screenshot(str(ARTIFACTS / "browser-dashboard.png"))
     status, run = get_json(server.url + "/api/run")
     assert status == 200 and run["metrics"]["round"] == [1.0, 2.0] and (run_dir / "partition.png").exists()
+    assert all(v is not None for v in run["metrics"]["client_acc_p10"])
 
 
 def test_stopping_the_server_stops_cleanly(system):

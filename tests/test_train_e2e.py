@@ -77,8 +77,9 @@ class Interrupt(KeyboardInterrupt):
     pass
 
 
-def test_interrupted_then_resumed_run_equals_uninterrupted_run(tmp_path, cifar):
-    cfg = _tiny()
+@pytest.mark.parametrize("model", ["resnet18", "resnet20"])
+def test_interrupted_then_resumed_run_equals_uninterrupted_run(tmp_path, cifar, model):
+    cfg = _tiny(model=model)
     full = run_training(cfg, tmp_path / "full", cifar, progress=False)
 
     def stop_after_two(server_round, row):
@@ -123,6 +124,7 @@ def test_cli_resume_extends_rounds_and_refuses_other_changes(tmp_path, capsys):
     ("args", "message"),
     [
         (["--set", "alpha=0"], "alpha must be > 0"),
+        (["--set", "model=resnet50"], "model='resnet50' is not one of: resnet18, resnet20"),
         (["--set", "clients_per_round=100"], "must be <= num_clients"),
         (["--set", "learning_rate=1"], "unknown config key"),
         (["--preset", "giant"], "unknown preset"),

@@ -11,7 +11,7 @@ from fedcifar.config import PRESETS, ConfigError, build_config, config_from_dict
 from fedcifar.serve.cli import add_serve_parser
 
 EXIT_USAGE = 2
-DEFAULT_COMPARE = ["fedavg", "fedprox", "fedavgm", "fedadam", "scaffold", "median"]
+DEFAULT_COMPARE = ["fedavg", "fedavg:seed=1", "fedprox", "fedavgm", "fedadam", "scaffold", "fedavg:norm=group"]
 
 
 class UserError(Exception):
@@ -37,7 +37,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume_dir is not None:
         if args.out and Path(args.out) != Path(resume_dir):
             raise UserError("--out and --resume name different run directories")
-        ckpt_cfg = config_from_dict(load_checkpoint(Path(resume_dir)).meta["config"])
+        ckpt = load_checkpoint(Path(resume_dir))
+        if "centralized" in ckpt.meta:
+            raise UserError(f"{resume_dir} holds a centralized run; continue it with fedcifar centralized --resume")
+        ckpt_cfg = config_from_dict(ckpt.meta["config"])
         extra = set(overrides) - {"rounds"}
         if extra or (args.config and not args.auto_resume):
             raise UserError(f"a resumed run keeps its config; only --set rounds=N may change (got {sorted(extra)})")
@@ -50,6 +53,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --out")
     data = load_cifar100(args.data_dir, download=not args.no_download)
     run_training(cfg, run_dir, data, resume=resume_dir is not None, progress=not args.quiet)
+    return 0
+
+
+def cmd_centralized(args: argparse.Namespace) -> int:
+    from fedcifar.centralized import run_centralized
+    from fedcifar.data.cifar100 import load_cifar100
+    from fedcifar.track.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    run_dir = Path(args.out)
+    if args.images < 0:
+        raise UserError(f"--images must be >= 0, got {args.images}")
+    resume = (run_dir / CHECKPOINT_FILE).exists()
+    if resume and not args.resume:
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
+    if resume:
+        cfg = config_from_dict(load_checkpoint(run_dir).meta["config"])
+    else:
+        cfg = build_config(args.preset, args.config, parse_overrides(args.set or []))
+    data = load_cifar100(args.data_dir, download=not args.no_download)
+    frame = run_centralized(cfg, run_dir, data, images=args.images, resume=resume, progress=not args.quiet)
+    last = frame.iloc[-1]
+    print(
+        f"centralized: {int(frame['train_images'].sum()):,} images in {len(frame)} epochs, "
+        f"final test acc {last['test_acc']:.2%}, best {frame['test_acc'].max():.2%} -> {run_dir}"
+    )
     return 0
 
 
@@ -95,22 +123,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fedcifar.bench.run import IMPLEMENTATIONS, QUICK, BenchOptions, run_bench
+    from fedcifar.bench.run import IMPLEMENTATIONS, PARTS, QUICK, BenchOptions, run_bench
     from fedcifar.bench.workload import Workload
 
     sizes = dict(QUICK) if args.quick else {}
     for key, value in (("rounds", args.rounds), ("clients_per_round", args.clients), ("local_epochs", args.epochs)):
         if value is not None:
             sizes[key] = value
-    only = tuple(args.only.split(",")) if args.only else IMPLEMENTATIONS
-    unknown = set(only) - set(IMPLEMENTATIONS)
+    only = tuple(args.only.split(",")) if args.only else (IMPLEMENTATIONS if args.quick else PARTS)
+    unknown = set(only) - set(PARTS)
     if unknown:
-        raise UserError(f"--only takes {', '.join(IMPLEMENTATIONS)}; got {', '.join(sorted(unknown))}")
+        raise UserError(f"--only takes {', '.join(PARTS)}; got {', '.join(sorted(unknown))}")
+    if not 0 < args.tta_target <= 1:
+        raise UserError(f"--tta-target is a test accuracy in (0, 1], got {args.tta_target}")
     workload = Workload(data_dir=args.data_dir or "", **sizes)
     if workload.rounds < 1 or workload.clients_per_round < 1 or workload.local_epochs < 1:
         raise UserError("--rounds, --clients and --epochs must be >= 1")
     scale = tuple(int(n) for n in args.scale.split(",")) if args.scale else ()
-    opts = BenchOptions(workload, Path(args.out), only, scale)
+    opts = BenchOptions(workload, Path(args.out), only, scale, tta_target=args.tta_target)
     bench = run_bench(opts, say=lambda line: print(line, file=sys.stderr, flush=True))
     print((Path(args.out) / "bench.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'bench.json'}", file=sys.stderr)
@@ -150,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(train)
     train.set_defaults(func=cmd_train)
 
+    central = sub.add_parser(
+        "centralized", help="the same model and optimizer on all training data, for the federated run's image budget"
+    )
+    central.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default: paper)")
+    central.add_argument("--config", help="YAML file of config keys")
+    central.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    central.add_argument("--out", required=True, help="run directory (metrics.csv rows are epochs)")
+    central.add_argument(
+        "--images", type=int, default=0, help="training images in all (default: what the federated config trains)"
+    )
+    central.add_argument("--resume", action="store_true", help="continue the run in --out")
+    central.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(central)
+    central.set_defaults(func=cmd_centralized)
+
     part = sub.add_parser("partition", help="write partition.csv and partition.png only")
     part.add_argument("--clients", type=int, default=64)
     part.add_argument("--alpha", type=float, default=0.4)
@@ -165,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, help="rounds per implementation (round 1 is warm-up; default 3)")
     bench.add_argument("--clients", type=int, help="clients trained per round (default 16)")
     bench.add_argument("--epochs", type=int, help="local epochs (default 2)")
-    bench.add_argument("--only", help="comma-separated subset of: fedcifar,paper-style,flower")
+    bench.add_argument("--only", help="comma-separated subset of: fedcifar,paper-style,flower,tta")
+    bench.add_argument(
+        "--tta-target",
+        type=float,
+        default=0.2,
+        help="tta: test accuracy to reach on paper-cpu, bf16 default vs fp32 (default 0.2; not in --quick)",
+    )
     bench.add_argument("--scale", default="64,1000", help="federation sizes for the memory check ('' to skip)")
     bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and logs (default: bench)")
     bench.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $FEDCIFAR_DATA_DIR)")

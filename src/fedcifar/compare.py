@@ -34,6 +34,7 @@ TABLE_COLUMNS = {
     "best_round": "best round",
     "final_test_loss": "final test loss",
     "rounds_to_target": "rounds to target",
+    "seconds_to_target": "seconds to target",
     "wall_seconds": "wall time (s)",
     "seconds_per_round": "s / round",
 }
@@ -87,6 +88,8 @@ def summarize(frames: dict[str, pd.DataFrame], target: float) -> pd.DataFrame:
     for label, frame in frames.items():
         tested = frame.dropna(subset=["test_acc"]) if "test_acc" in frame else frame.iloc[:0]
         reached = tested[tested["test_acc"] >= target]
+        elapsed = frame.set_index("round")["round_seconds"].cumsum() if "round_seconds" in frame else None
+        first = int(reached["round"].iloc[0]) if len(reached) else None
         best = tested.loc[tested["test_acc"].idxmax()] if len(tested) else None
         wall = float(frame["round_seconds"].sum()) if "round_seconds" in frame else float("nan")
         rows.append(
@@ -96,7 +99,8 @@ def summarize(frames: dict[str, pd.DataFrame], target: float) -> pd.DataFrame:
                 "best_test_acc": float(best["test_acc"]) if best is not None else float("nan"),
                 "best_round": int(best["round"]) if best is not None else None,
                 "final_test_loss": float(tested["test_loss"].iloc[-1]) if len(tested) else float("nan"),
-                "rounds_to_target": int(reached["round"].iloc[0]) if len(reached) else None,
+                "rounds_to_target": first,
+                "seconds_to_target": float(elapsed[first]) if first is not None and elapsed is not None else None,
                 "wall_seconds": wall,
                 "seconds_per_round": wall / max(len(frame), 1),
             }
@@ -108,6 +112,7 @@ def markdown_table(table: pd.DataFrame, target: float) -> str:
     """The summary as a GitHub markdown table (accuracies in percent)."""
     header = [TABLE_COLUMNS[c] for c in table.columns]
     header[header.index("rounds to target")] = f"rounds to {target:.1%}"
+    header[header.index("seconds to target")] = f"seconds to {target:.1%}"
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in table.itertuples(index=False):
         cells = [
@@ -119,11 +124,36 @@ def markdown_table(table: pd.DataFrame, target: float) -> str:
             "not reached"
             if row.rounds_to_target is None or pd.isna(row.rounds_to_target)
             else str(int(row.rounds_to_target)),
+            "–" if row.seconds_to_target is None or pd.isna(row.seconds_to_target) else f"{row.seconds_to_target:.0f}",
             f"{row.wall_seconds:.0f}",
             f"{row.seconds_per_round:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seed_spread(table: pd.DataFrame, variants: Sequence[Variant]) -> list[str]:
+    """One line per group of variants that differ only in ``seed``: the spread of their final accuracy.
+
+    It is the yardstick for the table: a difference between strategies smaller than the
+    seed-to-seed spread of one strategy is not a signal.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for v in variants:
+        key = tuple(sorted((k, val) for k, val in v.overrides.items() if k != "seed"))
+        groups.setdefault(key, []).append(v.label)
+    lines = []
+    for labels in groups.values():
+        if len(labels) < 2:
+            continue
+        rows = table.set_index("variant").loc[labels]
+        final, best = rows["final_test_acc"], rows["best_test_acc"]
+        lines.append(
+            f"Seed spread of {', '.join(f'`{label}`' for label in labels)} ({len(labels)} seeds): final test acc "
+            f"{final.mean():.2%} ± {final.std(ddof=1):.2%} (range {final.max() - final.min():.2%}), "
+            f"best {best.mean():.2%} ± {best.std(ddof=1):.2%} (mean ± sample std)."
+        )
+    return lines
 
 
 def plot_comparison(frames: dict[str, pd.DataFrame], path: str | Path, title: str = "") -> Path:
@@ -177,7 +207,10 @@ def run_comparison(
     table = summarize(frames, target)
     with atomic_path(out_dir / "comparison.csv") as tmp:
         table.to_csv(tmp, index=False)
-    atomic_write_text(out_dir / "comparison.md", markdown_table(table, target))
+    spread = seed_spread(table, variants)
+    atomic_write_text(
+        out_dir / "comparison.md", markdown_table(table, target) + "".join(f"\n{line}\n" for line in spread)
+    )
     plot_comparison(frames, out_dir / "comparison.png", _title(base))
     return table
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from fedcifar.model import build_model
+from fedcifar.model import ModelSpec
 from fedcifar.serve.main import create_app
 from fedcifar.serve.settings import ServeSettings
 from fedcifar.track.checkpoint import MODEL_FILE, export_global
@@ -20,10 +20,11 @@ from fedcifar.track.checkpoint import MODEL_FILE, export_global
 FAKE_LABELS = tuple(f"class_{i:02d}" for i in range(100))
 
 
-def export_model(run_dir: Path, seed: int = 0, round_: int = 1, norm: str = "batch") -> Path:
-    """An untrained ResNet-18 exported exactly as training exports a round's model."""
-    model = build_model(norm, seed=seed)
-    info = {"arch": "resnet18-cifar", "norm": norm, "num_classes": 100, "round": round_, "test_acc": 0.01 * round_}
+def export_model(run_dir: Path, seed: int = 0, round_: int = 1, norm: str = "batch", arch: str = "resnet18") -> Path:
+    """An untrained model exported exactly as training exports a round's model."""
+    spec = ModelSpec(arch, norm, 100)
+    model = spec.build(seed=seed)
+    info = {**spec.to_dict(), "round": round_, "test_acc": 0.01 * round_}
     export_global(Path(run_dir), model.state_dict(), info)
     return Path(run_dir) / MODEL_FILE
 

@@ -112,7 +112,7 @@ def test_health_model_docs(client):
     assert client.get("/health").json() == {"status": "ok", "model_round": 7}
     info = client.get("/api/model").json()
     assert info["status"] == "serving"
-    assert (info["arch"], info["norm"], info["num_classes"], info["round"]) == ("resnet18-cifar", "batch", 100, 7)
+    assert (info["arch"], info["norm"], info["num_classes"], info["round"]) == ("resnet18", "batch", 100, 7)
     assert info["test_acc"] == pytest.approx(0.07)
     assert "fp32" in info["inference"]
     assert client.get("/docs").status_code == 200

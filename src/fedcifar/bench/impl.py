@@ -3,6 +3,7 @@
 * ``engine``: fedcifar's round loop with its shipped defaults on the shared workload.
 * ``probe``: FLOPs per training image and the peak matmul FLOP/s in the training layout.
 * ``scale``: one short round with N clients, to show memory does not grow with N.
+* ``tta``: time to a test accuracy on the ``paper-cpu`` federation, at a given precision.
 
 Each writes one JSON file; ``python -m fedcifar.bench.impl KIND WORKLOAD OUT [--clients N]``.
 """
@@ -10,6 +11,7 @@ Each writes one JSON file; ``python -m fedcifar.bench.impl KIND WORKLOAD OUT [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -111,18 +113,73 @@ def run_scale(w: Workload, clients: int, steps: int = 2) -> dict[str, Any]:
     }
 
 
+class _Reached(Exception):
+    """Raised from the round callback to end a time-to-accuracy run at its target."""
+
+
+def run_time_to_accuracy(
+    w: Workload, precision: str, target: float, max_rounds: int, **overrides: Any
+) -> dict[str, Any]:
+    """Rounds and wall seconds until the global model reaches ``target`` test accuracy.
+
+    The federation is the ``paper-cpu`` preset (ResNet-20, the paper's 64 Dirichlet(0.4)
+    clients, 16 per round, 2 epochs, full test set every round) with the workload's seed;
+    only ``precision`` differs between the runs compared, so a faster engine that learns
+    worse shows up as more rounds. Seconds count from the start of training (model, partition,
+    workers) to the end of the round that reached the target, writes included.
+    """
+    from fedcifar.data.cifar100 import load_cifar100
+    from fedcifar.sim.engine import run_training
+    from fedcifar.sim.runtime import resolve_runtime
+
+    cfg = build_config("paper-cpu", None, {"seed": w.seed, "rounds": max_rounds, "precision": precision, **overrides})
+    data = load_cifar100(w.data_dir or None, download=False)
+    rows: list[dict[str, Any]] = []
+
+    def stop_at_target(_round: int, row: dict[str, Any]) -> None:
+        rows.append(dict(row))
+        if row.get("test_acc", 0.0) >= target:
+            raise _Reached
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedcifar-tta-") as run_dir, contextlib.suppress(_Reached):
+        run_training(cfg, run_dir, data, progress=False, callbacks=(stop_at_target,))
+    seconds = time.perf_counter() - start
+    reached = bool(rows) and rows[-1].get("test_acc", 0.0) >= target
+    return {
+        "impl": f"tta-{precision}",
+        "runtime": resolve_runtime(cfg).describe(),
+        "target": target,
+        "reached": reached,
+        "rounds": len(rows) if reached else None,
+        "seconds": seconds if reached else None,
+        "rounds_run": len(rows),
+        "seconds_run": seconds,
+        "test_acc": [r.get("test_acc") for r in rows],
+        "round_seconds": [r["round_seconds"] for r in rows],
+        "images_per_sec": sum(r["train_images"] for r in rows) / max(sum(r["train_seconds"] for r in rows), 1e-9),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedcifar.bench.impl")
-    parser.add_argument("kind", choices=["engine", "probe", "scale"])
+    parser.add_argument("kind", choices=["engine", "probe", "scale", "tta"])
     parser.add_argument("workload")
     parser.add_argument("out")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--probe-seconds", type=float, default=2.0)
     parser.add_argument("--probe-sizes", default="1024,2048,3072,4096")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--target", type=float, default=0.2)
+    parser.add_argument("--max-rounds", type=int, default=40)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="tta: config overrides")
     args = parser.parse_args(argv)
     w = Workload.load(args.workload)
     if args.kind == "engine":
         result = run_engine(w)
+    elif args.kind == "tta":
+        overrides = dict(pair.split("=", 1) for pair in args.set)
+        result = run_time_to_accuracy(w, args.precision, args.target, args.max_rounds, **overrides)
     elif args.kind == "probe":
         result = run_probe(w, args.probe_seconds, tuple(int(n) for n in args.probe_sizes.split(",")))
     else:

@@ -94,7 +94,32 @@ def markdown(bench: dict[str, Any]) -> str:
         lines += ["", "| clients in the federation | fedcifar peak RSS, MB |", "|---:|---:|"]
         for n, r in sorted(scale.items(), key=lambda kv: int(kv[0])):
             lines.append(f"| {n} | {_fmt(r.get('peak_rss_self_mb'), '.0f')} |")
+    lines += _time_to_accuracy_lines(bench.get("time_to_accuracy") or {})
     return "\n".join(lines) + "\n"
+
+
+def _time_to_accuracy_lines(tta: dict[str, dict[str, Any]]) -> list[str]:
+    if not tta:
+        return []
+    target = next(iter(tta.values())).get("target", 0.0)
+    lines = [
+        "",
+        f"Time to {target:.0%} test accuracy, `paper-cpu` federation (ResNet-20, full test set every round):",
+        "",
+        "| precision | setup | rounds | wall seconds | train images/s | test acc per round |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for precision, r in tta.items():
+        if "error" in r:
+            lines.append(f"| {precision} | failed: {r['error']} | — | — | — | — |")
+            continue
+        rounds = r["rounds"] if r.get("reached") else f"not in {r['rounds_run']}"
+        accs = " ".join(f"{a:.3f}" for a in r.get("test_acc", []) if a is not None)
+        lines.append(
+            f"| {precision} | {r.get('runtime', '')} | {rounds} | {_fmt(r.get('seconds'), '.0f')} | "
+            f"{_fmt(r.get('images_per_sec'), '.0f')} | {accs} |"
+        )
+    return lines
 
 
 def _scale(value: float | None, unit: float) -> float | None:

@@ -30,6 +30,8 @@ from fedcifar.bench.workload import Workload
 from fedcifar.data.cifar100 import DataError, resolve_data_dir
 
 IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower")
+PARTS = (*IMPLEMENTATIONS, "tta")  # tta: time to a test accuracy on paper-cpu, fast default vs fp32
+TTA_PRECISIONS = ("auto", "fp32")
 QUICK = {"rounds": 3, "clients_per_round": 4, "local_epochs": 1}
 REPO_BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
@@ -44,6 +46,9 @@ class BenchOptions:
     probe_seconds: float = 2.0
     probe_sizes: tuple[int, ...] = (1024, 2048, 3072, 4096)
     timeout: float = 6 * 3600.0
+    tta_target: float = 0.2
+    tta_max_rounds: int = 40
+    tta_overrides: tuple[str, ...] = ()  # KEY=VALUE on top of paper-cpu (tests shrink the run)
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -110,6 +115,12 @@ def commands(opts: BenchOptions, workload_file: Path, out: Callable[[str], Path]
         "paper-style": [py, str(opts.benchmarks_dir / "paper_style.py"), w, str(out("paper-style"))],
         "flower": [py, str(opts.benchmarks_dir / "flower_app" / "simulate.py"), w, str(out("flower"))],
     }
+    for precision in TTA_PRECISIONS:
+        cmds[f"tta-{precision}"] = [
+            *[py, "-m", "fedcifar.bench.impl", "tta", w, str(out(f"tta-{precision}")), "--precision", precision],
+            *["--target", f"{opts.tta_target}", "--max-rounds", str(opts.tta_max_rounds)],
+            *[arg for pair in opts.tta_overrides for arg in ("--set", pair)],
+        ]
     for n in opts.scale_clients:
         cmds[f"scale-{n}"] = [py, "-m", "fedcifar.bench.impl", "scale", w, str(out(f"scale-{n}")), "--clients", str(n)]
     return cmds
@@ -138,6 +149,7 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> dict[st
         "probe",
         *[i for i in IMPLEMENTATIONS if i in opts.implementations],
         *[f"scale-{n}" for n in opts.scale_clients],
+        *([f"tta-{p}" for p in TTA_PRECISIONS] if "tta" in opts.implementations else []),
     ]
     if "fedcifar" not in opts.implementations:
         order.remove("probe")
@@ -165,6 +177,7 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> dict[st
         "results": results,
         "probe": probe,
         "memory_scaling": {str(n): parts[f"scale-{n}"] for n in opts.scale_clients},
+        "time_to_accuracy": {p: parts[f"tta-{p}"] for p in TTA_PRECISIONS if f"tta-{p}" in parts},
     }
     bench["summary"] = summarize({k: v for k, v in results.items() if "error" not in v}, probe)
     (out_dir / "bench.json").write_text(json.dumps(bench, indent=1))

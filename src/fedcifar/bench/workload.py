@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcifar.client.train import local_images
 from fedcifar.data.partition import Partition, make_partition
 from fedcifar.strategy.selection import uniform
 
@@ -46,10 +47,7 @@ class Workload:
 
     def client_images(self, n: int) -> int:
         """Images one client of ``n`` samples trains in a round."""
-        if self.local_steps:
-            full, rest = divmod(self.local_steps, -(-n // self.batch_size))  # whole epochs, then batches
-            return full * n + min(rest * self.batch_size, n)
-        return n * self.local_epochs
+        return local_images(n, self.batch_size, self.local_epochs, self.local_steps)
 
     def images_per_round(self, labels: np.ndarray) -> list[int]:
         """Training images each round, summed over the round's clients."""

@@ -9,7 +9,7 @@ global weights, never deep-copied.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -80,6 +80,77 @@ def _batches(n: int, batch_size: int, epochs: int, steps: int, generator: torch.
             return
 
 
+def local_images(n: int, batch_size: int, epochs: int, steps: int) -> int:
+    """Images one update trains on: what :func:`_batches` yields, without drawing it."""
+    if not steps:
+        return epochs * n
+    per_epoch = -(-n // batch_size)
+    full, rest = divmod(steps, per_epoch)
+    return full * n + min(rest * batch_size, n)
+
+
+@dataclass(frozen=True)
+class FitStats:
+    loss: float  # mean over the last epoch's batches (over every batch when steps are fixed)
+    acc: float
+    steps: int
+    images: int
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batches: Iterable[tuple[int, torch.Tensor]],
+    generator: torch.Generator,
+    runtime: Runtime,
+    *,
+    augment: bool = True,
+    hooks: LocalHooks | None = None,
+    lr: float = 0.0,
+    last_epoch_only: bool = True,
+) -> FitStats:
+    """Minibatch training of ``model`` on device-resident uint8 ``images``: the one training step.
+
+    The local update and the centralized reference both train through here, so they differ
+    only in their data, their schedule and where the optimizer comes from.
+    """
+    device = runtime.device
+    normalize = Normalize(device)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    last_epoch = -1
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = steps = trained = 0
+    for epoch, idx in batches:
+        if epoch != last_epoch and last_epoch_only:
+            loss_sum.zero_(), correct.zero_()
+            seen, last_epoch = 0, epoch
+        x = images[idx]
+        if augment:
+            x = random_crop_flip(x, generator)
+        x = normalize(x, runtime.memory_format)
+        y = labels[idx]
+        with runtime.autocast():
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if hooks is not None:
+            hooks.after_backward()
+        optimizer.step()
+        if hooks is not None:
+            hooks.after_step(lr)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        trained += len(y)
+        steps += 1
+    return FitStats(float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1), steps, trained)
+
+
 def train_client(
     model: nn.Module,
     global_weights: Mapping[str, torch.Tensor],
@@ -98,58 +169,40 @@ def train_client(
     device = runtime.device
     load_weights(model, global_weights)
     setup = time.perf_counter() - start  # the weight broadcast, reported as round overhead
-    model.train()
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     generator = torch.Generator(device=device).manual_seed(instructions.seed)
-    normalize = Normalize(device)
     if instructions.local_weights:
         overlay_weights(model, instructions.local_weights)
     optimizer_class = torch.optim.SGD if instructions.optimizer == "sgd" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=instructions.lr, fused=runtime.fused_optimizer)
     hooks = LocalHooks(model, instructions.proximal_mu, instructions.control, device)
-    loss_fn = nn.CrossEntropyLoss()
-
     n = len(labels)
-    last_epoch = -1
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = steps = trained = 0
-    for epoch, idx in _batches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator):
-        if epoch != last_epoch and not instructions.steps:
-            loss_sum.zero_(), correct.zero_()
-            seen, last_epoch = 0, epoch
-        x = images[idx]
-        if instructions.augment:
-            x = random_crop_flip(x, generator)
-        x = normalize(x, runtime.memory_format)
-        y = labels[idx]
-        with runtime.autocast():
-            logits = model(x)
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        hooks.after_backward()
-        optimizer.step()
-        hooks.after_step(instructions.lr)
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        trained += len(y)
-        steps += 1
-
+    batches = _batches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator)
+    stats = fit(
+        model,
+        optimizer,
+        images,
+        labels,
+        batches,
+        generator,
+        runtime,
+        augment=instructions.augment,
+        hooks=hooks,
+        lr=instructions.lr,
+        last_epoch_only=not instructions.steps,
+    )
     t_read = time.perf_counter()
     weights = read_weights(model)
     setup += time.perf_counter() - t_read
-    seconds = time.perf_counter() - start
     metrics = {
-        "train_loss": float(loss_sum) / max(seen, 1),
-        "train_acc": int(correct) / max(seen, 1),
-        "steps": float(steps),
-        "images": float(trained),
-        "seconds": seconds,
+        "train_loss": stats.loss,
+        "train_acc": stats.acc,
+        "steps": float(stats.steps),
+        "images": float(stats.images),
+        "seconds": time.perf_counter() - start,
         "setup_seconds": setup,
     }
-    return ClientResult(client_id, weights, n, metrics, hooks.state(steps, instructions.lr))
+    return ClientResult(client_id, weights, n, metrics, hooks.state(stats.steps, instructions.lr))
 
 
 @dataclass(frozen=True)

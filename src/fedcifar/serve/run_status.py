@@ -17,11 +17,21 @@ from typing import Any
 
 import yaml
 
+from fedcifar.fairness import FAIRNESS_COLUMNS
 from fedcifar.track.metrics import METRICS_FILE
 
 CONFIG_FILE = "config.yaml"
 PARTITION_FILE = "partition.png"
-CURVE_COLUMNS = ("round", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "round_seconds")
+CURVE_COLUMNS = (
+    "round",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "test_top5",
+    "round_seconds",
+    *FAIRNESS_COLUMNS,
+)
 STALLED_FACTOR = 3.0  # no new round for this many mean round times: training has probably stopped
 
 

@@ -28,12 +28,25 @@ def _curve(frame: pd.DataFrame, path: Path, metric: str, ylabel: str, title: str
         if col in frame and frame[col].notna().any():
             data = frame[["round", col]].dropna()
             ax.plot(data["round"], data[col], style, markersize=3, label=split)
+    if metric == "acc":
+        _fairness_band(ax, frame)
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
+
+
+def _fairness_band(ax, frame: pd.DataFrame) -> None:
+    """Per-client accuracy (fairness.py): a mean ± std band and the 10th percentile."""
+    cols = ["round", "client_acc_mean", "client_acc_std", "client_acc_p10"]
+    if not set(cols) <= set(frame) or frame["client_acc_mean"].isna().all():
+        return
+    data = frame[cols].dropna()
+    low, high = data["client_acc_mean"] - data["client_acc_std"], data["client_acc_mean"] + data["client_acc_std"]
+    ax.fill_between(data["round"], low, high, color="C1", alpha=0.2, linewidth=0, label="clients: mean ± std")
+    ax.plot(data["round"], data["client_acc_p10"], ":", color="C1", label="clients: 10th percentile")
 
 
 def plot_curves(frame: pd.DataFrame, run_dir: str | Path) -> list[Path]:

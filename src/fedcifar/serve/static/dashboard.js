@@ -31,6 +31,10 @@ function showStatus(run) {
     ? `${run.current_round} / ${total}` : `${run.rounds_done} / ${total}`;
   const acc = lastValue(run.metrics.test_acc);
   document.getElementById("test-acc").textContent = acc == null ? "–" : `${(100 * acc).toFixed(1)}%`;
+  const p10 = lastValue(run.metrics.client_acc_p10 || []);
+  const worst = lastValue(run.metrics.client_acc_min || []);
+  document.getElementById("client-acc").textContent = p10 == null ? "–"
+    : `${(100 * p10).toFixed(1)}% / ${(100 * worst).toFixed(1)}%`;
 
   const bar = document.getElementById("progress");
   const fill = document.getElementById("progress-fill");
@@ -59,7 +63,12 @@ function showStatus(run) {
 function showCurves(m) {
   const x = m.round;
   const percent = (v) => `${(100 * v).toFixed(0)}%`;
+  const mean = m.client_acc_mean || [];
+  const std = m.client_acc_std || [];
+  const band = (sign) => mean.map((v, i) => (v == null || std[i] == null ? null : v + sign * std[i]));
   drawLineChart(document.getElementById("acc-chart"), [
+    { name: "clients ± std", fill: "rgba(247, 144, 9, 0.18)", xs: x, lo: band(-1), hi: band(1) },
+    { name: "client p10", color: "#f79009", xs: x, ys: m.client_acc_p10 || [], dash: true },
     { name: "train top-1", color: "#98a2b3", xs: x, ys: m.train_acc, dash: true },
     { name: "test top-1", color: "#2f6fdd", xs: x, ys: m.test_acc },
     { name: "test top-5", color: "#12b76a", xs: x, ys: m.test_top5 },

@@ -8,7 +8,8 @@ function niceStep(range, target) {
   return (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
 }
 
-// series: [{name, color, xs: [..], ys: [.. or null], dash}]; opts: {yMin, yMax, yFormat, xLabel}
+// series: [{name, color, xs: [..], ys: [.. or null], dash}] or a shaded band
+// {name, color, fill, xs, lo: [..], hi: [..]}; opts: {yMin, yMax, yFormat, xLabel}
 function drawLineChart(canvas, series, opts) {
   const dpr = window.devicePixelRatio || 1;
   const cssWidth = canvas.clientWidth || canvas.width;
@@ -25,7 +26,11 @@ function drawLineChart(canvas, series, opts) {
   const w = cssWidth - pad.left - pad.right;
   const h = cssHeight - pad.top - pad.bottom;
 
-  const points = series.flatMap((s) => s.xs.map((x, i) => [x, s.ys[i]]).filter((p) => p[1] != null));
+  const values = (s) => (s.lo ? [...s.lo, ...s.hi] : s.ys);
+  const points = series.flatMap((s) => {
+    const ys = values(s);
+    return ys.map((y, i) => [s.xs[i % s.xs.length], y]).filter((p) => p[1] != null);
+  });
   if (!points.length) {
     ctx.fillStyle = "#667085";
     ctx.fillText("no finished round yet", pad.left + 10, pad.top + h / 2);
@@ -65,6 +70,24 @@ function drawLineChart(canvas, series, opts) {
 
   let legendX = pad.left;
   for (const s of series) {
+    if (s.lo) {
+      const band = s.xs.map((x, i) => [x, s.lo[i], s.hi[i]]).filter((p) => p[1] != null && p[2] != null);
+      if (band.length) {
+        ctx.fillStyle = s.fill;
+        ctx.beginPath();
+        band.forEach((p, i) => (i ? ctx.lineTo(sx(p[0]), sy(p[2])) : ctx.moveTo(sx(p[0]), sy(p[2]))));
+        band.slice().reverse().forEach((p) => ctx.lineTo(sx(p[0]), sy(p[1])));
+        ctx.closePath();
+        ctx.fill();
+      }
+      ctx.fillRect(legendX, 5, 14, 9);
+      ctx.fillStyle = "#1d2330";
+      ctx.textAlign = "left";
+      ctx.textBaseline = "middle";
+      ctx.fillText(s.name, legendX + 18, 10);
+      legendX += 26 + ctx.measureText(s.name).width;
+      continue;
+    }
     const pts = s.xs.map((x, i) => [x, s.ys[i]]).filter((p) => p[1] != null);
     ctx.strokeStyle = s.color;
     ctx.fillStyle = s.color;

@@ -1,0 +1,153 @@
+"""The centralized reference: the federated run's model, optimizer, batch and augmentation on
+all 50,000 training images at once, for the same number of training images.
+
+The gap between its curve and the federated one is what federating under the configured
+partition costs. It writes an ordinary run directory (``metrics.csv`` rows are epochs, the
+last one possibly partial), so ``fedcifar plot`` and ``fedcifar serve`` work on it, and its
+test rows carry the same per-client fairness columns, computed on the same partition.
+
+One Adam optimizer runs through the whole training, as a centralized run would; its state is
+in the checkpoint, and each epoch's shuffling and augmentation come from a generator seeded
+by (seed, epoch), so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from fedcifar.client.train import _batches, eval_counts, fit, local_images, read_weights
+from fedcifar.config import Config, ConfigError, config_from_dict, save_yaml
+from fedcifar.data.cifar100 import Cifar100
+from fedcifar.sim.engine import model_spec, partition_for, summary_line, test_row
+from fedcifar.sim.runtime import resolve_runtime
+from fedcifar.strategy.population import Population
+from fedcifar.strategy.registry import SELECTORS
+from fedcifar.strategy.selection import SelectionContext
+from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
+from fedcifar.track.metrics import MetricsLog
+from fedcifar.track.plots import plot_curves
+
+KIND = "centralized"
+
+
+def federated_image_budget(cfg: Config, sizes: np.ndarray) -> int:
+    """Training images a federated run of ``cfg`` trains in all rounds, from its schedule alone.
+
+    Selection is redrawn from (seed, round) as the engine draws it; a selector that needs the
+    clients' losses (power_of_choice) cannot be replayed without training, so it is refused.
+    """
+    select = SELECTORS[cfg.client_selection]
+    total = 0
+    for server_round in range(1, cfg.rounds + 1):
+        try:
+            sampled = select(SelectionContext(server_round, cfg.seed, cfg.clients_per_round, sizes))
+        except RuntimeError:
+            raise ConfigError(
+                f"client_selection={cfg.client_selection} depends on training; give the budget with --images"
+            ) from None
+        total += sum(local_images(int(sizes[c]), cfg.batch_size, cfg.local_epochs, cfg.local_steps) for c in sampled)
+    return total
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, 0xCE17, epoch]).generate_state(1)[0])
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {f"optim.{i}.{k}": v for i, st in optimizer.state_dict()["state"].items() for k, v in st.items()}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def run_centralized(
+    cfg: Config,
+    run_dir: str | Path,
+    data: Cifar100,
+    *,
+    images: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train on the whole training set for ``images`` images (0: the federated budget of ``cfg``).
+
+    The last epoch stops at the first whole batch that reaches the budget.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runtime = resolve_runtime(cfg.replace(workers=1))  # one model: every core on its ops
+    runtime.apply_global_settings()
+    labels_np = data.train_y.numpy()
+    population = Population.from_partition(labels_np, partition_for(cfg, labels_np))
+    budget = images or federated_image_budget(cfg, population.sizes)
+    model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
+    optimizer_class = torch.optim.SGD if cfg.client_optimizer == "sgd" else torch.optim.Adam
+    optimizer = optimizer_class(model.parameters(), lr=cfg.lr, fused=runtime.fused_optimizer)
+
+    done_epochs, trained = 0, 0
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        meta = ckpt.meta.get(KIND)
+        if not isinstance(meta, dict) or config_from_dict(ckpt.meta["config"]) != cfg:
+            raise CheckpointError(f"{run_dir} does not hold a centralized run of this config")
+        budget, trained, done_epochs = int(meta["budget"]), int(meta["trained"]), ckpt.round
+        model.load_state_dict({k: v.to(runtime.device) for k, v in ckpt.weights.items()})
+        _load_optimizer(optimizer, {k: v.to(runtime.device) for k, v in ckpt.strategy_tensors.items()})
+        log = MetricsLog.resume(run_dir, done_epochs)
+    else:
+        log = MetricsLog(run_dir)
+    save_yaml(cfg, run_dir / "config.yaml")
+
+    device_data = data.to(runtime.device)
+    x, y = device_data.train_x, device_data.train_y
+    test_x, test_y = device_data.test_x, device_data.test_y
+    if cfg.eval_limit:
+        test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
+    n = len(y)
+    total_epochs = -(-budget // n)
+    if progress:
+        tqdm.write(f"fedcifar centralized: {budget:,} images ({budget / n:.2f} epochs) on {runtime.describe()}")
+    for epoch in tqdm(range(done_epochs + 1, total_epochs + 1), desc="epochs", disable=not progress):
+        t0 = time.perf_counter()
+        remaining = budget - trained
+        steps = 0 if remaining >= n else -(-remaining // cfg.batch_size)
+        generator = torch.Generator(device=runtime.device).manual_seed(epoch_seed(cfg.seed, epoch))
+        stats = fit(model, optimizer, x, y, _batches(n, cfg.batch_size, 1, steps, generator), generator, runtime)
+        trained += stats.images
+        seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "round": epoch,
+            "train_loss": stats.loss,
+            "train_acc": stats.acc,
+            "num_examples": n,
+            "train_images": stats.images,
+            "train_seconds": seconds,
+            "images_per_sec": stats.images / max(seconds, 1e-9),
+        }
+        t_eval = time.perf_counter()
+        counts = eval_counts(model, None, test_x, test_y, runtime, cfg.eval_batch_size)
+        row.update(test_row(counts, population.label_counts))
+        row["eval_seconds"] = time.perf_counter() - t_eval
+        row["round_seconds"] = time.perf_counter() - t0
+        log.append(row)
+        plot_curves(log.frame, run_dir)
+        weights = read_weights(model)
+        export_global(run_dir, weights, {**model_spec(cfg).to_dict(), "round": epoch, "test_acc": row["test_acc"]})
+        meta = {"config": cfg.to_dict(), "model": model_spec(cfg).to_dict()}
+        meta[KIND] = {"budget": budget, "trained": trained}
+        save_checkpoint(run_dir, epoch, weights, _optimizer_tensors(optimizer), meta)
+        if progress:
+            tqdm.write(summary_line(row, total_epochs).replace("round", "epoch", 1))
+    return log.frame

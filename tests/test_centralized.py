@@ -1,0 +1,69 @@
+"""``fedcifar centralized``: the image budget, the run directory it writes, and its optimizer state."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from fedcifar.centralized import _load_optimizer, _optimizer_tensors, federated_image_budget
+from fedcifar.cli import main
+from fedcifar.config import ConfigError, build_config
+from fedcifar.model import build_model
+from fedcifar.serve.predictor import Predictor, inference_runtime
+from fedcifar.sim.engine import partition_for, run_training
+from fedcifar.strategy.population import Population
+from fedcifar.track.checkpoint import MODEL_FILE, load_checkpoint
+
+
+@pytest.mark.parametrize("schedule", [dict(local_steps=5, batch_size=16), dict(local_epochs=1, local_steps=0)])
+def test_budget_equals_what_the_federated_run_trains(tmp_path, cifar, schedule):
+    cfg = build_config(
+        "paper-cpu",
+        None,
+        dict(rounds=2, num_clients=40, clients_per_round=2, eval_limit=100, workers=2, **schedule),
+    )
+    sizes = Population.from_partition(cifar.train_y.numpy(), partition_for(cfg, cifar.train_y.numpy())).sizes
+    frame = run_training(cfg, tmp_path, cifar, progress=False)
+    assert federated_image_budget(cfg, sizes) == frame["train_images"].sum()
+
+
+def test_budget_cannot_be_replayed_for_loss_based_selection(cifar):
+    cfg = build_config("paper-cpu", None, dict(client_selection="power_of_choice", rounds=1))
+    sizes = Population.from_partition(cifar.train_y.numpy(), partition_for(cfg, cifar.train_y.numpy())).sizes
+    with pytest.raises(ConfigError, match="give the budget with --images"):
+        federated_image_budget(cfg, sizes)
+
+
+def test_optimizer_state_round_trips_through_checkpoint_tensors():
+    model = build_model(arch="resnet20")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    opt.step()
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    _load_optimizer(fresh, _optimizer_tensors(opt))
+    a, b = opt.state_dict()["state"], fresh.state_dict()["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])
+
+
+def test_tiny_centralized_run_writes_a_run_directory_that_serves(tmp_path, capsys):
+    out = tmp_path / "central"
+    args = ["centralized", "--preset", "paper-cpu", "--set", "eval_limit=300", "--images", "200", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "centralized: 256 images in 1 epochs" in capsys.readouterr().out  # whole batches of 64
+    frame = pd.read_csv(out / "metrics.csv")
+    assert list(frame["round"]) == [1] and frame["train_images"].tolist() == [256]
+    assert frame[["test_acc", "client_acc_mean", "client_acc_p10"]].notna().all().all()
+    for name in ("config.yaml", "accuracy.png", "loss.png", "model_global.pth", "checkpoint.safetensors"):
+        assert (out / name).stat().st_size > 0, name
+    ckpt = load_checkpoint(out)
+    assert ckpt.meta["centralized"] == {"budget": 200, "trained": 256} and ckpt.strategy_tensors
+    loaded = Predictor(inference_runtime("fp32")).load(out / MODEL_FILE)
+    assert loaded.info["arch"] == "resnet20" and loaded.round == 1
+    assert main(["plot", str(out)]) == 0
+
+    assert main([*args, "--out", str(out)]) == 2  # a second start must not overwrite it
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["centralized", "--out", str(out), "--resume", "--quiet"]) == 0  # budget spent: nothing to do
+    assert main(["train", "--resume", str(out), "--quiet"]) == 2
+    assert "holds a centralized run" in capsys.readouterr().err
