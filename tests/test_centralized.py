@@ -67,3 +67,34 @@ def test_tiny_centralized_run_writes_a_run_directory_that_serves(tmp_path, capsy
     assert main(["centralized", "--out", str(out), "--resume", "--quiet"]) == 0  # budget spent: nothing to do
     assert main(["train", "--resume", str(out), "--quiet"]) == 2
     assert "holds a centralized run" in capsys.readouterr().err
+
+
+def test_report_puts_runs_on_the_training_image_axis(tmp_path, capsys):
+    fed = pd.DataFrame(
+        {
+            "round": [1, 2],
+            "train_images": [100, 150],
+            "train_acc": [0.1, 0.2],
+            "test_acc": [0.05, 0.08],
+            "client_acc_mean": [0.05, 0.07],
+            "client_acc_std": [0.01, 0.02],
+            "client_acc_p10": [0.03, 0.04],
+            "client_acc_min": [0.01, 0.02],
+            "round_seconds": [60.0, 60.0],
+        }
+    )
+    central = fed.assign(train_images=[250, 0], test_acc=[0.2, 0.2]).iloc[:1]
+    for name, frame in (("fed", fed), ("central", central)):
+        (tmp_path / name).mkdir()
+        frame.to_csv(tmp_path / name / "metrics.csv", index=False)
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "fed"), str(tmp_path / "central"), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "report.csv")
+    assert table["training_images"].tolist() == [250, 250] and table["best_at_images"].tolist() == [250, 250]
+    assert table["wall_minutes"].tolist() == [2.0, 1.0]
+    assert (
+        "| `fed` | 2 | 0.00 M | 8.00% | 8.00% (0.00 M) | 20.00% | 7.00% / 4.00% / 2.00% | 2.0 |"
+        in capsys.readouterr().out
+    )
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(out)]) == 2

@@ -122,6 +122,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedcifar.report import write_report
+    from fedcifar.track.metrics import METRICS_FILE
+
+    runs = [Path(r) for r in args.runs]
+    for run in runs:
+        if not (run / METRICS_FILE).is_file():
+            raise UserError(f"no {METRICS_FILE} in {run}")
+    if args.label and len(args.label) != len(runs):
+        raise UserError(f"--label given {len(args.label)} times for {len(runs)} runs")
+    out = Path(args.out)
+    write_report(runs, out, args.label, args.title or "")
+    print((out / "report.md").read_text(), end="")
+    print(f"wrote {out / 'report.csv'}, {out / 'report.md'} and {out / 'report.png'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fedcifar.bench.run import IMPLEMENTATIONS, PARTS, QUICK, BenchOptions, run_bench
     from fedcifar.bench.workload import Workload
@@ -242,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_args(compare)
     compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="finished runs side by side against training images: table and plot")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--label", action="append", help="name of each run, in order (default: folder names)")
+    report.add_argument("--title", help="plot title")
+    report.add_argument("--out", required=True, help="folder for report.csv, report.md and report.png")
+    report.set_defaults(func=cmd_report)
 
     plot = sub.add_parser("plot", help="redraw accuracy.png and loss.png from metrics.csv")
     plot.add_argument("run_dir")
