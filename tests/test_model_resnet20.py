@@ -105,3 +105,26 @@ def test_serve_refuses_a_file_naming_an_unknown_architecture(tmp_path, capsys):
     code = main(["serve", "--model", str(path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "unknown model architecture 'resnet99'" in err
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_folding_leaves_no_batchnorm_and_is_safe_beside_other_threads(arch):
+    import threading
+
+    model = build_model(arch=arch).eval()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fold_batchnorm(model).modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    errors = []
+
+    def fold_and_run():
+        try:
+            for _ in range(3):
+                with torch.inference_mode():
+                    fold_batchnorm(model)(torch.randn(2, 3, 32, 32))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fold_and_run) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []

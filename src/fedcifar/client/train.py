@@ -8,13 +8,14 @@ global weights, never deep-copied.
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.fx.experimental.optimization import fuse as fx_fuse
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fedcifar.client.hooks import Control, LocalHooks, overlay_weights
 from fedcifar.data.augment import Normalize, random_crop_flip
@@ -237,19 +238,43 @@ class EvalCounts:
         return [c / t if t else float("nan") for c, t in zip(self.class_correct, self.class_total, strict=True)]
 
 
+def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
+    """(parent, conv name, bn name) for each BatchNorm that directly follows a conv.
+
+    ResNets name them in two ways: ``convN``/``bnN`` attributes of one block, and a
+    Sequential ``(conv, bn)`` such as a projection shortcut.
+    """
+    for parent in model.modules():
+        children = dict(parent.named_children())
+        if isinstance(parent, nn.Sequential):
+            names = list(children)
+            for first, second in zip(names, names[1:], strict=False):
+                if isinstance(children[first], nn.Conv2d) and isinstance(children[second], nn.BatchNorm2d):
+                    yield parent, first, second
+            continue
+        for name, child in children.items():
+            bn_name = "bn" + name.removeprefix("conv")
+            is_conv = name.startswith("conv") and isinstance(child, nn.Conv2d)
+            if is_conv and isinstance(children.get(bn_name), nn.BatchNorm2d):
+                yield parent, name, bn_name
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each BatchNorm folded into the conv before it.
 
     Same outputs (up to rounding) with one op less per layer: about 20 % faster inference
-    for ResNet-20 on this CPU. Models without BatchNorm, or that torch.fx cannot trace, are
-    returned as they are.
+    for ResNet-20 on this CPU. Plain module surgery, not torch.fx: fx tracing patches
+    ``nn.Module.__call__`` process-wide, which breaks models running in other threads.
+    A model without BatchNorm is returned as it is.
     """
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         return model
-    try:
-        return fx_fuse(model, inplace=False)
-    except Exception:  # noqa: BLE001 - an untraceable model is still a valid model
-        return model
+    folded = copy.deepcopy(model).eval()
+    for parent, conv_name, bn_name in list(_conv_bn_pairs(folded)):
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(parent, bn_name, nn.Identity())
+    return folded
 
 
 @torch.inference_mode()
