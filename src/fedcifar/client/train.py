@@ -285,12 +285,18 @@ def eval_counts(
     labels: torch.Tensor,
     runtime: Runtime,
     batch_size: int = 1000,
+    fold_bn: bool = True,
 ) -> EvalCounts:
-    """Loss sum, top-1/top-5 hits and per-class hits of ``weights`` on uint8 ``images``."""
+    """Loss sum, top-1/top-5 hits and per-class hits of ``weights`` on uint8 ``images``.
+
+    ``fold_bn`` evaluates a copy with BatchNorm folded into the convs (faster, same outputs).
+    """
     model = unwrap(model)  # evaluation runs eagerly: no second compilation for eval mode
     if weights is not None:
         load_weights(model, weights)
-    model = fold_batchnorm(model.eval()).to(memory_format=runtime.memory_format)
+    model = model.eval()
+    if fold_bn:
+        model = fold_batchnorm(model).to(memory_format=runtime.memory_format)
     device = runtime.device
     normalize = Normalize(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
