@@ -69,23 +69,26 @@ function drawLineChart(canvas, series, opts) {
   ctx.fillText(opts.xLabel || "round", pad.left + w / 2, pad.top + h + 20);
 
   let legendX = pad.left;
+  const legend = (name, swatch) => {  // swatch: [y, height] of a 14-px patch in the current fill colour
+    ctx.fillRect(legendX, swatch[0], 14, swatch[1]);
+    ctx.fillStyle = "#1d2330";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "middle";
+    ctx.fillText(name, legendX + 18, 10);
+    legendX += 26 + ctx.measureText(name).width;
+  };
   for (const s of series) {
     if (s.lo) {
       const band = s.xs.map((x, i) => [x, s.lo[i], s.hi[i]]).filter((p) => p[1] != null && p[2] != null);
+      ctx.fillStyle = s.fill;
       if (band.length) {
-        ctx.fillStyle = s.fill;
         ctx.beginPath();
         band.forEach((p, i) => (i ? ctx.lineTo(sx(p[0]), sy(p[2])) : ctx.moveTo(sx(p[0]), sy(p[2]))));
         band.slice().reverse().forEach((p) => ctx.lineTo(sx(p[0]), sy(p[1])));
         ctx.closePath();
         ctx.fill();
       }
-      ctx.fillRect(legendX, 5, 14, 9);
-      ctx.fillStyle = "#1d2330";
-      ctx.textAlign = "left";
-      ctx.textBaseline = "middle";
-      ctx.fillText(s.name, legendX + 18, 10);
-      legendX += 26 + ctx.measureText(s.name).width;
+      legend(s.name, [5, 9]);
       continue;
     }
     const pts = s.xs.map((x, i) => [x, s.ys[i]]).filter((p) => p[1] != null);
@@ -98,11 +101,6 @@ function drawLineChart(canvas, series, opts) {
     ctx.stroke();
     ctx.setLineDash([]);
     if (pts.length <= 40) pts.forEach((p) => { ctx.beginPath(); ctx.arc(sx(p[0]), sy(p[1]), 2.5, 0, 2 * Math.PI); ctx.fill(); });
-    ctx.fillRect(legendX, 8, 14, 3);
-    ctx.fillStyle = "#1d2330";
-    ctx.textAlign = "left";
-    ctx.textBaseline = "middle";
-    ctx.fillText(s.name, legendX + 18, 10);
-    legendX += 26 + ctx.measureText(s.name).width;
+    legend(s.name, [8, 3]);
   }
 }
