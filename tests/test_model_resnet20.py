@@ -16,7 +16,14 @@ from fedcifar.config import Config, build_config
 from fedcifar.model import ARCHITECTURES, ModelSpec, ModelSpecError, build_model
 from fedcifar.serve.predictor import Predictor, inference_runtime
 from fedcifar.sim.engine import run_training
-from fedcifar.track.checkpoint import MODEL_FILE, CheckpointError, export_global, load_checkpoint, read_metadata
+from fedcifar.track.checkpoint import (
+    MODEL_FILE,
+    CheckpointError,
+    export_global,
+    load_checkpoint,
+    load_model,
+    read_metadata,
+)
 
 
 def test_resnet20_is_he_et_al_cifar_resnet():
@@ -89,6 +96,9 @@ def test_resnet20_run_exports_metadata_that_serve_rebuilds(tmp_path, cifar):
     assert (meta["arch"], meta["norm"], meta["num_classes"], meta["round"]) == ("resnet20", "batch", 100, 1)
     assert load_checkpoint(tmp_path).meta["model"] == {"arch": "resnet20", "norm": "batch", "num_classes": 100}
     assert load_file(tmp_path / MODEL_FILE)["fc.weight"].shape == (100, 64)
+
+    offline, info = load_model(tmp_path / MODEL_FILE)  # the offline loader
+    assert info["arch"] == "resnet20" and offline.fc.in_features == 64 and not offline.training
 
     predictor = Predictor(inference_runtime("fp32"))
     loaded = predictor.load(tmp_path / MODEL_FILE)  # built from the metadata alone

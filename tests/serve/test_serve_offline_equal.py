@@ -1,8 +1,8 @@
 """For real CIFAR-100 test images, the served top-5 equals the saved model's offline top-5.
 
 The offline side is written out here on purpose, from the training code's pieces only:
-``load_global`` + ``build_model`` + ``Normalize`` on the uint8 test tensor, as training
-evaluation feeds the model. The served side gets the same images as PNG uploads.
+``load_model`` (the offline loader: the architecture from the file's metadata) + ``Normalize``
+on the uint8 test tensor, as training evaluation feeds the model. The served side gets the same images as PNG uploads.
 """
 
 from __future__ import annotations
@@ -15,21 +15,17 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from fedcifar.data.augment import Normalize
-from fedcifar.model import build_model
 from fedcifar.serve.labels import read_fine_labels
 from fedcifar.serve.main import create_app
 from fedcifar.serve.settings import ServeSettings
 from fedcifar.sim.runtime import bf16_supported
-from fedcifar.track.checkpoint import load_global
+from fedcifar.track.checkpoint import load_model
 
 INDICES = list(range(0, 10_000, 1250))  # 8 test images across the split
 
 
 def offline_top5(model_file, images: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    weights, meta = load_global(model_file)
-    model = build_model(meta["norm"], num_classes=meta["num_classes"])
-    model.load_state_dict(weights)
-    model.eval()
+    model, _meta = load_model(model_file)
     probs = []
     with torch.inference_mode():
         for img in images:  # one at a time, as each upload is served alone here

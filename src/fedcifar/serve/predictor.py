@@ -31,9 +31,8 @@ import torch
 from torch import nn
 
 from fedcifar.data.augment import Normalize
-from fedcifar.model import ModelSpec, ModelSpecError
 from fedcifar.sim.runtime import Runtime, bf16_supported
-from fedcifar.track.checkpoint import CheckpointError, load_global
+from fedcifar.track.checkpoint import CheckpointError, load_model
 
 log = logging.getLogger("fedcifar.serve")
 
@@ -99,21 +98,11 @@ class Predictor:
     def load(self, path: Path) -> LoadedModel:
         """Build, fill and warm up a model from an exported file. Raises CheckpointError."""
         stamp = FileStamp.of(path)
-        weights, info = load_global(path)
+        model, info = load_model(path)
         if FileStamp.of(path) != stamp:
-            # load_global opens the file twice (metadata, then tensors): a replacement in between
+            # load_model opens the file twice (metadata, then tensors): a replacement in between
             # could pair one round's metadata with another's weights. Never serve that mix.
             raise ModelChanged(f"{path} was replaced while loading; loading the new version instead")
-        try:
-            spec = ModelSpec.from_metadata(info)
-        except ModelSpecError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        try:
-            model = spec.build()
-            model.load_state_dict(weights, strict=True)
-        except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path} does not hold a {spec.arch} model ({first})") from None
         model = model.to(self.runtime.device, memory_format=self.runtime.memory_format).eval()
         loaded = LoadedModel(model, dict(info), Path(path), stamp)
         self.forward(loaded, torch.zeros(1, 3, 32, 32, dtype=torch.uint8))  # warm-up: first request is not slow

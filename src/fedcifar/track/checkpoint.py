@@ -94,6 +94,27 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     return Checkpoint(int(meta.pop("round")), weights, strategy, meta)
 
 
+def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The exported model, rebuilt from its file alone (architecture from the metadata), in eval mode.
+
+    The offline loader: ``model, info = load_model("runs/x/model_global.safetensors")``.
+    """
+    from fedcifar.model import ModelSpec, ModelSpecError
+
+    weights, info = load_global(path)
+    try:
+        spec = ModelSpec.from_metadata(info)
+    except ModelSpecError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        model = spec.build()
+        model.load_state_dict(weights, strict=True)
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} does not hold a {spec.arch} model ({first})") from None
+    return model.eval(), info
+
+
 def load_global(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Exported weights and their metadata (round, norm, test accuracy, ...)."""
     meta = read_metadata(Path(path))
