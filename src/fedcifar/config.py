@@ -8,6 +8,7 @@ loaded, so a bad value fails in milliseconds with a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -252,6 +253,10 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    for name, typ in _field_types().items():
+        value = getattr(cfg, name)
+        if typ is float and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
     need(cfg.num_clients >= 1, f"num_clients must be >= 1, got {cfg.num_clients}")
     need(cfg.alpha > 0, f"alpha must be > 0, got {cfg.alpha}")
     need(cfg.min_partition_size >= 1, "min_partition_size must be >= 1")
