@@ -339,5 +339,9 @@ def evaluate(
     runtime: Runtime,
     batch_size: int = 1000,
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (fractions) of ``weights`` on uint8 ``images``."""
-    return eval_counts(model, weights, images, labels, runtime, batch_size).scores()
+    """Loss, top-1 and top-5 accuracy (fractions) of ``weights`` on uint8 ``images``.
+
+    No BatchNorm folding: this serves per-client calls (power-of-choice losses), where a model
+    copy per call would cost more than folding saves.
+    """
+    return eval_counts(model, weights, images, labels, runtime, batch_size, fold_bn=False).scores()
