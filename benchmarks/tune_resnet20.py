@@ -22,9 +22,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fedcifar.client.train import ClientInstructions, eval_counts, train_client
+from fedcifar.client.evaluate import eval_counts
+from fedcifar.client.train import train_client
+from fedcifar.messages import ClientInstructions
 from fedcifar.model import build_model
-from fedcifar.sim.runtime import Runtime
+from fedcifar.runtime import Runtime
 
 CLIENT_IMAGES = 781  # 50,000 / 64
 EVAL_IMAGES = 5000

@@ -20,9 +20,9 @@ from fedcifar.bench.probes import peak_matmul, training_flops_per_image
 from fedcifar.bench.report import markdown, summarize
 from fedcifar.bench.run import BenchOptions, run_bench, run_child
 from fedcifar.bench.workload import Workload, measured
+from fedcifar.federation import partition_for
 from fedcifar.model.resnet import build_model
-from fedcifar.sim.engine import partition_for
-from fedcifar.sim.runtime import Runtime
+from fedcifar.runtime import Runtime
 from fedcifar.strategy.selection import uniform
 
 

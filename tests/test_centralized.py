@@ -9,9 +9,10 @@ import torch
 from fedcifar.centralized import _load_optimizer, _optimizer_tensors, federated_image_budget
 from fedcifar.cli import main
 from fedcifar.config import ConfigError, build_config
+from fedcifar.federation import partition_for
 from fedcifar.model import build_model
 from fedcifar.serve.predictor import Predictor, inference_runtime
-from fedcifar.sim.engine import partition_for, run_training
+from fedcifar.sim.engine import run_training
 from fedcifar.strategy.population import Population
 from fedcifar.track.checkpoint import MODEL_FILE, load_checkpoint
 

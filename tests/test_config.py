@@ -32,7 +32,7 @@ def test_sources_apply_in_order_preset_file_set(tmp_path):
         (["alpha=inf"], "alpha must be a finite number"),
         (["disco_b=nan"], "disco_b must be a finite number, got nan"),
         (["norm=layer"], "norm='layer' is not one of"),
-        (["strategy=fedmagic"], "unknown strategy 'fedmagic'"),
+        (["strategy=fedmagic"], "strategy='fedmagic' is not one of"),
         (["augment=maybe"], "not a boolean"),
         (["rounds"], "key=value"),
     ],
@@ -57,3 +57,23 @@ def test_unknown_preset_and_bad_file(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().rounds = 3  # type: ignore[misc]
+
+
+def test_the_configs_strategy_and_selector_names_are_the_registrys():
+    import typing
+
+    from fedcifar.config import Config
+    from fedcifar.strategy.registry import SELECTORS, STRATEGIES
+
+    hints = typing.get_type_hints(Config)
+    assert list(typing.get_args(hints["strategy"])) == list(STRATEGIES)
+    assert list(typing.get_args(hints["client_selection"])) == list(SELECTORS)
+
+
+def test_a_config_built_directly_is_validated_too():
+    from fedcifar.config import Config
+
+    with pytest.raises(ConfigError, match="strategy='nope' is not one of"):
+        Config(strategy="nope")
+    with pytest.raises(ConfigError, match="min_fit_clients must be in"):
+        Config(min_fit_clients=17)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from fedcifar.config import build_config
 from fedcifar.data.augment import Normalize
 from fedcifar.fairness import FAIRNESS_COLUMNS, client_accuracies, fairness_summary
+from fedcifar.federation import partition_for
 from fedcifar.model import ModelSpec
-from fedcifar.sim.engine import partition_for, run_training
+from fedcifar.sim.engine import run_training
 from fedcifar.track.checkpoint import MODEL_FILE, read_metadata
 
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from fedcifar.bench.run import PEERS_DIR
 from fedcifar.bench.workload import Workload
 
 pytest.importorskip("flwr", reason="the [flower] extra is not installed")
 pytest.importorskip("ray", reason="the [flower] extra is not installed")
 
-SIMULATE = Path(__file__).resolve().parents[1] / "benchmarks" / "flower_app" / "simulate.py"
+SIMULATE = PEERS_DIR / "flower_app" / "simulate.py"
 
 
 def test_flower_simulation_trains_the_workloads_clients(tmp_path, cifar):

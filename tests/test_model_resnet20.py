@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fedcifar.cli import main
-from fedcifar.client.train import fold_batchnorm
+from fedcifar.client.evaluate import fold_batchnorm
 from fedcifar.config import Config, build_config
 from fedcifar.model import ARCHITECTURES, ModelSpec, ModelSpecError, build_model
 from fedcifar.serve.predictor import Predictor, inference_runtime

@@ -15,11 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedcifar.client.train import evaluate, load_weights, read_weights, unwrap
+from fedcifar.client.evaluate import eval_counts
+from fedcifar.client.train import load_weights, read_weights, unwrap
 from fedcifar.config import build_config
-from fedcifar.sim.engine import evaluate_parallel
+from fedcifar.federation import model_spec, partition_for
+from fedcifar.runtime import Runtime, compile_pays, resolve_runtime, worker_layout
 from fedcifar.sim.executor import ModelPool, largest_first
-from fedcifar.sim.runtime import Runtime, compile_pays, resolve_runtime, worker_layout
+from fedcifar.sim.local import LocalBackend
 
 CPU_BF16 = Runtime(torch.device("cpu"), torch.bfloat16, True, 2, 1)
 
@@ -129,16 +131,18 @@ def test_pool_runs_each_task_on_its_slots_stream_and_synchronizes():
     assert sum(s.synced for s in streams) == 7 == len(entered)
 
 
-def test_parallel_evaluation_equals_one_pass():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 100))
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    images = torch.randint(0, 256, (203, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 100, (203,))
-    fp32 = Runtime(torch.device("cpu"), None, False, 3, 1)
-    whole = evaluate(model, weights, images, labels, fp32, batch_size=50)
-    with ModelPool(lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 100)), 3) as pool:
-        counts = evaluate_parallel(pool, weights, images, labels, fp32, batch_size=50)
+def test_the_local_backends_sharded_evaluation_equals_one_pass(cifar):
+    cfg = build_config(
+        "paper",
+        None,
+        dict(model="resnet20", workers=3, threads_per_worker=1, precision="fp32", eval_limit=203, eval_batch_size=50),
+    )
+    runtime = resolve_runtime(cfg)
+    model = model_spec(cfg).build(seed=1)
+    weights = read_weights(model)
+    with LocalBackend(cfg, cifar, partition_for(cfg, cifar.train_y.numpy()), runtime) as backend:
+        counts = backend.evaluate(weights)
+    whole = eval_counts(model, weights, cifar.test_x[:203], cifar.test_y[:203], runtime, batch_size=203).scores()
     split = counts.scores()
     assert counts.n == 203 and sum(counts.class_total) == 203 and sum(counts.class_correct) == counts.top1
     assert split["acc"] == pytest.approx(whole["acc"]) and split["top5"] == pytest.approx(whole["top5"])

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcifar.client.hooks import Control
-from fedcifar.client.train import ClientInstructions, read_weights, train_client
+from fedcifar.client.train import read_weights, train_client
 from fedcifar.data.augment import Normalize
-from fedcifar.sim.runtime import Runtime
+from fedcifar.messages import ClientInstructions
+from fedcifar.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"), None, False, 1, 1)
 CLASSES = 5
@@ -89,7 +89,9 @@ def test_scaffold_client_corrects_its_step_and_returns_option_two_control_variat
     c = {k: 0.1 * torch.randn(v.shape, generator=g) for k, v in start.items()}
     c_i = {"1.weight": 0.1 * torch.randn(start["1.weight"].shape, generator=g)}  # bias: c_i missing = 0
     lr = 0.05
-    res = train_client(model, start, images, labels, _instructions(steps=1, lr=lr, control=Control(c, c_i)), CPU)
+    res = train_client(
+        model, start, images, labels, _instructions(steps=1, lr=lr, control_server=c, control_client=c_i), CPU
+    )
     x, y = _features(images), labels.numpy()
     w0, b0 = start["1.weight"].double().numpy(), start["1.bias"].double().numpy()
     gw, gb = _grad(w0, b0, x, y)
@@ -111,7 +113,7 @@ def test_scaffold_control_variate_over_several_steps_matches_the_formula():
     start = read_weights(model)
     c = {"1.weight": torch.full_like(start["1.weight"], 0.01), "1.bias": torch.full_like(start["1.bias"], -0.02)}
     lr, steps = 0.01, 4
-    instr = _instructions(steps=steps, lr=lr, batch_size=4, optimizer="adam", control=Control(c, {}))
+    instr = _instructions(steps=steps, lr=lr, batch_size=4, optimizer="adam", control_server=c, control_client={})
     res = train_client(model, start, images, labels, instr, CPU)
     for k in c:
         expected = -c[k] + (start[k] - res.weights[k]) / (steps * lr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ ARTEFACTS = [
     "model_global.safetensors",
     "model_global.pth",
     "checkpoint.safetensors",
+    "progress.json",
 ]
 DETERMINISTIC = ["round", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "num_examples", "clients"]
 
@@ -53,6 +55,10 @@ def test_smoke_preset_from_the_console_script_leaves_every_artefact(tmp_path):
     assert metrics[["train_acc", "test_acc", "test_top5"]].stack().between(0, 1).all()
     assert (metrics["test_top5"] >= metrics["test_acc"]).all()
     assert metrics["clients"].map(lambda s: len(str(s).split())).eq(2).all()
+    assert metrics["clients_failed"].eq(0).all() and metrics["skipped"].isna().all()
+    progress = json.loads((out / "progress.json").read_text())
+    assert (progress["round"], progress["clients_done"], progress["clients_total"]) == (2, 2, 2)
+    assert progress["images"] == metrics["train_images"].iloc[-1]
 
     partition = pd.read_csv(out / "partition.csv")
     assert len(partition) == 64 and partition["total"].sum() == 50_000

@@ -22,17 +22,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fedcifar.client.train import _batches, eval_counts, fit, local_images, read_weights
-from fedcifar.config import Config, ConfigError, config_from_dict, save_yaml
+from fedcifar.client.evaluate import eval_counts
+from fedcifar.client.train import FitStats, fit, local_images, minibatches, read_weights
+from fedcifar.config import Config, ConfigError
 from fedcifar.data.cifar100 import Cifar100
-from fedcifar.sim.engine import model_spec, partition_for, summary_line, test_row
-from fedcifar.sim.runtime import resolve_runtime
+from fedcifar.federation import model_spec, partition_for
+from fedcifar.runtime import resolve_runtime
+from fedcifar.server.rows import summary_line, test_row
 from fedcifar.strategy.population import Population
 from fedcifar.strategy.registry import SELECTORS
 from fedcifar.strategy.selection import SelectionContext
-from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
-from fedcifar.track.metrics import MetricsLog
-from fedcifar.track.plots import plot_curves
+from fedcifar.track.checkpoint import CheckpointError
+from fedcifar.track.rundir import Resumed, RunDir
 
 KIND = "centralized"
 
@@ -72,6 +73,28 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
+def _restore(resumed: Resumed, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device) -> tuple[int, int]:
+    """Load a centralized checkpoint into ``model`` and ``optimizer``; return (budget, images trained)."""
+    meta = resumed.meta.get(KIND)
+    if not isinstance(meta, dict):
+        raise CheckpointError("the run directory holds a federated run, not a centralized one")
+    model.load_state_dict({k: v.to(device) for k, v in resumed.weights.items()})
+    _load_optimizer(optimizer, {k: v.to(device) for k, v in resumed.strategy_tensors.items()})
+    return int(meta["budget"]), int(meta["trained"])
+
+
+def _epoch_row(epoch: int, stats: FitStats, n: int, seconds: float) -> dict[str, Any]:
+    return {
+        "round": epoch,
+        "train_loss": stats.loss,
+        "train_acc": stats.acc,
+        "num_examples": n,
+        "train_images": stats.images,
+        "train_seconds": seconds,
+        "images_per_sec": stats.images / max(seconds, 1e-9),
+    }
+
+
 def run_centralized(
     cfg: Config,
     run_dir: str | Path,
@@ -85,69 +108,42 @@ def run_centralized(
 
     The last epoch stops at the first whole batch that reaches the budget.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     runtime = resolve_runtime(cfg.replace(workers=1))  # one model: every core on its ops
     runtime.apply_global_settings()
-    labels_np = data.train_y.numpy()
-    population = Population.from_partition(labels_np, partition_for(cfg, labels_np))
-    budget = images or federated_image_budget(cfg, population.sizes)
+    labels = data.train_y.numpy()
+    population = Population.from_partition(labels, partition_for(cfg, labels))
     model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
     optimizer_class = torch.optim.SGD if cfg.client_optimizer == "sgd" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=cfg.lr, fused=runtime.fused_optimizer)
-
-    done_epochs, trained = 0, 0
+    run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume)
+    budget, trained = images or federated_image_budget(cfg, population.sizes), 0
     if resume:
-        ckpt = load_checkpoint(run_dir)
-        meta = ckpt.meta.get(KIND)
-        if not isinstance(meta, dict) or config_from_dict(ckpt.meta["config"]) != cfg:
-            raise CheckpointError(f"{run_dir} does not hold a centralized run of this config")
-        budget, trained, done_epochs = int(meta["budget"]), int(meta["trained"]), ckpt.round
-        model.load_state_dict({k: v.to(runtime.device) for k, v in ckpt.weights.items()})
-        _load_optimizer(optimizer, {k: v.to(runtime.device) for k, v in ckpt.strategy_tensors.items()})
-        log = MetricsLog.resume(run_dir, done_epochs)
-    else:
-        log = MetricsLog(run_dir)
-    save_yaml(cfg, run_dir / "config.yaml")
+        budget, trained = _restore(resumed, model, optimizer, runtime.device)
 
-    device_data = data.to(runtime.device)
-    x, y = device_data.train_x, device_data.train_y
-    test_x, test_y = device_data.test_x, device_data.test_y
+    data = data.to(runtime.device)
+    test_x, test_y = data.test_x, data.test_y
     if cfg.eval_limit:
         test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
-    n = len(y)
+    n = len(data.train_y)
     total_epochs = -(-budget // n)
     if progress:
         tqdm.write(f"fedcifar centralized: {budget:,} images ({budget / n:.2f} epochs) on {runtime.describe()}")
-    for epoch in tqdm(range(done_epochs + 1, total_epochs + 1), desc="epochs", disable=not progress):
+    for epoch in tqdm(range(resumed.round + 1, total_epochs + 1), desc="epochs", disable=not progress):
         t0 = time.perf_counter()
-        remaining = budget - trained
-        steps = 0 if remaining >= n else -(-remaining // cfg.batch_size)
+        steps = 0 if budget - trained >= n else -(-(budget - trained) // cfg.batch_size)
         generator = torch.Generator(device=runtime.device).manual_seed(epoch_seed(cfg.seed, epoch))
-        stats = fit(model, optimizer, x, y, _batches(n, cfg.batch_size, 1, steps, generator), generator, runtime)
+        batches = minibatches(n, cfg.batch_size, 1, steps, generator)
+        stats = fit(model, optimizer, data.train_x, data.train_y, batches, generator, runtime)
         trained += stats.images
-        seconds = time.perf_counter() - t0
-        row: dict[str, Any] = {
-            "round": epoch,
-            "train_loss": stats.loss,
-            "train_acc": stats.acc,
-            "num_examples": n,
-            "train_images": stats.images,
-            "train_seconds": seconds,
-            "images_per_sec": stats.images / max(seconds, 1e-9),
-        }
+        row = _epoch_row(epoch, stats, n, time.perf_counter() - t0)
         t_eval = time.perf_counter()
-        counts = eval_counts(model, None, test_x, test_y, runtime, cfg.eval_batch_size)
-        row.update(test_row(counts, population.label_counts))
+        row.update(
+            test_row(eval_counts(model, None, test_x, test_y, runtime, cfg.eval_batch_size), population.label_counts)
+        )
         row["eval_seconds"] = time.perf_counter() - t_eval
         row["round_seconds"] = time.perf_counter() - t0
-        log.append(row)
-        plot_curves(log.frame, run_dir)
-        weights = read_weights(model)
-        export_global(run_dir, weights, {**model_spec(cfg).to_dict(), "round": epoch, "test_acc": row["test_acc"]})
-        meta = {"config": cfg.to_dict(), "model": model_spec(cfg).to_dict()}
-        meta[KIND] = {"budget": budget, "trained": trained}
-        save_checkpoint(run_dir, epoch, weights, _optimizer_tensors(optimizer), meta)
+        optimizer_state = (_optimizer_tensors(optimizer), {})
+        run.record(row, read_weights(model), optimizer_state, {KIND: {"budget": budget, "trained": trained}})
         if progress:
             tqdm.write(summary_line(row, total_epochs).replace("round", "epoch", 1))
-    return log.frame
+    return run.frame

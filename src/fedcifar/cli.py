@@ -7,15 +7,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fedcifar.bench.cli import add_bench_parser
 from fedcifar.config import PRESETS, ConfigError, build_config, config_from_dict, parse_overrides
+from fedcifar.errors import UserError
 from fedcifar.serve.cli import add_serve_parser
 
 EXIT_USAGE = 2
 DEFAULT_COMPARE = ["fedavg", "fedavg:seed=1", "fedprox", "fedavgm", "fedadam", "scaffold", "fedavg:norm=group"]
-
-
-class UserError(Exception):
-    """An error to show as one line, without a traceback."""
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -83,7 +81,8 @@ def cmd_centralized(args: argparse.Namespace) -> int:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     from fedcifar.data.cifar100 import load_cifar100
-    from fedcifar.sim.engine import partition_for, write_partition
+    from fedcifar.federation import partition_for
+    from fedcifar.track.rundir import write_partition
 
     cfg = build_config(
         None,
@@ -139,31 +138,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from fedcifar.bench.run import IMPLEMENTATIONS, PARTS, QUICK, BenchOptions, run_bench
-    from fedcifar.bench.workload import Workload
-
-    sizes = dict(QUICK) if args.quick else {}
-    for key, value in (("rounds", args.rounds), ("clients_per_round", args.clients), ("local_epochs", args.epochs)):
-        if value is not None:
-            sizes[key] = value
-    only = tuple(args.only.split(",")) if args.only else (IMPLEMENTATIONS if args.quick else PARTS)
-    unknown = set(only) - set(PARTS)
-    if unknown:
-        raise UserError(f"--only takes {', '.join(PARTS)}; got {', '.join(sorted(unknown))}")
-    if not 0 < args.tta_target <= 1:
-        raise UserError(f"--tta-target is a test accuracy in (0, 1], got {args.tta_target}")
-    workload = Workload(data_dir=args.data_dir or "", **sizes)
-    if workload.rounds < 1 or workload.clients_per_round < 1 or workload.local_epochs < 1:
-        raise UserError("--rounds, --clients and --epochs must be >= 1")
-    scale = tuple(int(n) for n in args.scale.split(",")) if args.scale else ()
-    opts = BenchOptions(workload, Path(args.out), only, scale, tta_target=args.tta_target)
-    bench = run_bench(opts, say=lambda line: print(line, file=sys.stderr, flush=True))
-    print((Path(args.out) / "bench.md").read_text(), end="")
-    print(f"wrote {Path(args.out) / 'bench.json'}", file=sys.stderr)
-    return 1 if any("error" in r for r in bench["results"].values()) else 0
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedcifar.compare import parse_variants, run_comparison, variant_config
     from fedcifar.data.cifar100 import load_cifar100
@@ -182,14 +156,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedcifar", description="Federated learning on CIFAR-100.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default: paper)")
+    p.add_argument("--config", help="YAML file of config keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="run a federated training (simulation)")
-    train.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default: paper)")
-    train.add_argument("--config", help="YAML file of config keys")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    _add_config_args(train)
     train.add_argument("--out", help="run directory to create")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last complete round")
     train.add_argument("--auto-resume", action="store_true", help="resume --out if it already holds a run")
@@ -197,12 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(train)
     train.set_defaults(func=cmd_train)
 
+
+def _add_central_parser(sub: argparse._SubParsersAction) -> None:
     central = sub.add_parser(
         "centralized", help="the same model and optimizer on all training data, for the federated run's image budget"
     )
-    central.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default: paper)")
-    central.add_argument("--config", help="YAML file of config keys")
-    central.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    _add_config_args(central)
     central.add_argument("--out", required=True, help="run directory (metrics.csv rows are epochs)")
     central.add_argument(
         "--images", type=int, default=0, help="training images in all (default: what the federated config trains)"
@@ -212,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(central)
     central.set_defaults(func=cmd_centralized)
 
+
+def _add_part_parser(sub: argparse._SubParsersAction) -> None:
     part = sub.add_parser("partition", help="write partition.csv and partition.png only")
     part.add_argument("--clients", type=int, default=64)
     part.add_argument("--alpha", type=float, default=0.4)
@@ -222,23 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(part)
     part.set_defaults(func=cmd_partition)
 
-    bench = sub.add_parser("bench", help="time fedcifar against the paper-style pipeline and Flower, one run")
-    bench.add_argument("--quick", action="store_true", help="3 rounds of 4 clients, 1 local epoch (about 10 minutes)")
-    bench.add_argument("--rounds", type=int, help="rounds per implementation (round 1 is warm-up; default 3)")
-    bench.add_argument("--clients", type=int, help="clients trained per round (default 16)")
-    bench.add_argument("--epochs", type=int, help="local epochs (default 2)")
-    bench.add_argument("--only", help="comma-separated subset of: fedcifar,paper-style,flower,tta")
-    bench.add_argument(
-        "--tta-target",
-        type=float,
-        default=0.2,
-        help="tta: test accuracy to reach on paper-cpu, bf16 default vs fp32 (default 0.2; not in --quick)",
-    )
-    bench.add_argument("--scale", default="64,1000", help="federation sizes for the memory check ('' to skip)")
-    bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and logs (default: bench)")
-    bench.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $FEDCIFAR_DATA_DIR)")
-    bench.set_defaults(func=cmd_bench)
 
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     compare = sub.add_parser("compare", help="train several strategies on the same partition and seed; table + plot")
     compare.add_argument(
         "--strategies",
@@ -260,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(compare)
     compare.set_defaults(func=cmd_compare)
 
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="finished runs side by side against training images: table and plot")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--label", action="append", help="name of each run, in order (default: folder names)")
@@ -267,10 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="folder for report.csv, report.md and report.png")
     report.set_defaults(func=cmd_report)
 
+
+def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
     plot = sub.add_parser("plot", help="redraw accuracy.png and loss.png from metrics.csv")
     plot.add_argument("run_dir")
     plot.set_defaults(func=cmd_plot)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedcifar", description="Federated learning on CIFAR-100.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_central_parser(sub)
+    _add_part_parser(sub)
+    add_bench_parser(sub)
+    _add_compare_parser(sub)
+    _add_report_parser(sub)
+    _add_plot_parser(sub)
     add_serve_parser(sub)
     return parser
 

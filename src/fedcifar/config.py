@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from fedcifar.track.io import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid. The message is one line for the user."""
@@ -30,6 +32,22 @@ ClientOptimizer = Literal["adam", "sgd"]
 Precision = Literal["auto", "bf16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
 Compile = Literal["auto", "on", "off"]
+# The names strategy/registry.py builds (a test keeps the lists in step): plain data here, so a
+# config validates without importing torch or any strategy.
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "scaffold",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multikrum",
+]
+ClientSelection = Literal["uniform", "size_weighted", "power_of_choice"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,7 @@ class Config:
     # federated schedule
     rounds: int = 100
     clients_per_round: int = 16
+    min_fit_clients: int = 0  # a round with fewer results is skipped (keeps the weights); 0 = clients_per_round
     # local training (the client's instructions)
     local_epochs: int = 2
     local_steps: int = 0  # > 0 replaces epochs by a fixed number of minibatches
@@ -58,8 +77,8 @@ class Config:
     model: Model = "resnet18"
     norm: Norm = "batch"
     # server strategy and its parameters (unused ones are ignored by a strategy)
-    strategy: str = "fedavg"
-    client_selection: str = "uniform"
+    strategy: StrategyName = "fedavg"
+    client_selection: ClientSelection = "uniform"
     client_weighting: ClientWeighting = "num_examples"
     proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
     server_lr: float = 0.0  # fedavgm, fedadam/yogi/adagrad, scaffold; 0 = the strategy's default
@@ -219,8 +238,6 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
-    from fedcifar.track.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -247,7 +264,7 @@ def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], No
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks. Registry checks import lazily to keep this module standalone."""
+    """Range and cross-field checks (names and types are checked by ``_coerce``)."""
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -257,6 +274,8 @@ def validate(cfg: Config) -> None:
         value = getattr(cfg, name)
         if typ is float and not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value}")
+        if typing.get_origin(typ) is Literal and value not in typing.get_args(typ):
+            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(map(str, typing.get_args(typ)))}")
     need(cfg.num_clients >= 1, f"num_clients must be >= 1, got {cfg.num_clients}")
     need(cfg.alpha > 0, f"alpha must be > 0, got {cfg.alpha}")
     need(cfg.min_partition_size >= 1, "min_partition_size must be >= 1")
@@ -266,6 +285,10 @@ def validate(cfg: Config) -> None:
     need(
         cfg.clients_per_round <= cfg.num_clients,
         f"clients_per_round ({cfg.clients_per_round}) must be <= num_clients ({cfg.num_clients})",
+    )
+    need(
+        0 <= cfg.min_fit_clients <= cfg.clients_per_round,
+        f"min_fit_clients must be in [0, clients_per_round = {cfg.clients_per_round}], got {cfg.min_fit_clients}",
     )
     need(cfg.local_epochs >= 1, "local_epochs must be >= 1")
     need(cfg.local_steps >= 0, "local_steps must be >= 0")
@@ -277,7 +300,3 @@ def validate(cfg: Config) -> None:
     need(cfg.workers >= 0, "workers must be >= 0")
     need(cfg.threads_per_worker >= 0, "threads_per_worker must be >= 0")
     _validate_strategy_params(cfg, need)
-
-    from fedcifar.strategy.registry import validate_names
-
-    validate_names(cfg)

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from fedcifar.data.augment import Normalize
+from fedcifar.runtime import bf16_supported
 from fedcifar.serve.labels import read_fine_labels
 from fedcifar.serve.main import create_app
 from fedcifar.serve.settings import ServeSettings
-from fedcifar.sim.runtime import bf16_supported
 from fedcifar.track.checkpoint import load_model
 
 INDICES = list(range(0, 10_000, 1250))  # 8 test images across the split

@@ -2,5 +2,6 @@
 
 ``run`` orchestrates; ``impl`` holds fedcifar's measured parts; ``probes`` the FLOP counting
 and the peak matmul; ``memory`` the process-tree sampler; ``report`` the ratios and table.
-The reference pipelines live in the repository's ``benchmarks/`` folder.
+The reference pipelines live in ``peers/`` (``paper_style.py`` and the Flower app
+``flower_app/``), shipped with the package; ``fedcifar bench`` runs them as scripts.
 """

@@ -49,8 +49,8 @@ def engine_config(w: Workload, **overrides: Any) -> Config:
 
 def run_engine(w: Workload, **overrides: Any) -> dict[str, Any]:
     from fedcifar.data.cifar100 import load_cifar100
+    from fedcifar.runtime import resolve_runtime
     from fedcifar.sim.engine import run_training
-    from fedcifar.sim.runtime import resolve_runtime
 
     t_start = time.perf_counter()
     cfg = engine_config(w, **overrides)
@@ -86,7 +86,7 @@ def run_engine(w: Workload, **overrides: Any) -> dict[str, Any]:
 def run_probe(w: Workload, seconds: float = 2.0, sizes: tuple[int, ...] = (1024, 2048, 3072, 4096)) -> dict[str, Any]:
     from fedcifar.bench.probes import peak_matmul, training_flops_per_image
     from fedcifar.model.resnet import build_model
-    from fedcifar.sim.runtime import resolve_runtime
+    from fedcifar.runtime import resolve_runtime
 
     runtime = resolve_runtime(engine_config(w))
     runtime.apply_global_settings()
@@ -129,8 +129,8 @@ def run_time_to_accuracy(
     workers) to the end of the round that reached the target, writes included.
     """
     from fedcifar.data.cifar100 import load_cifar100
+    from fedcifar.runtime import resolve_runtime
     from fedcifar.sim.engine import run_training
-    from fedcifar.sim.runtime import resolve_runtime
 
     cfg = build_config("paper-cpu", None, {"seed": w.seed, "rounds": max_rounds, "precision": precision, **overrides})
     data = load_cifar100(w.data_dir or None, download=False)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedcifar.sim.runtime import Runtime
+from fedcifar.runtime import Runtime
 
 
 def training_flops_per_image(model: nn.Module, runtime: Runtime, batch_size: int = 64) -> float:

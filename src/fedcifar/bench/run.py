@@ -28,12 +28,15 @@ from fedcifar.bench.memory import TreeSampler
 from fedcifar.bench.report import markdown, summarize
 from fedcifar.bench.workload import Workload
 from fedcifar.data.cifar100 import DataError, resolve_data_dir
+from fedcifar.track.io import atomic_write_text
 
 IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower")
 PARTS = (*IMPLEMENTATIONS, "tta")  # tta: time to a test accuracy on paper-cpu, fast default vs fp32
 TTA_PRECISIONS = ("auto", "fp32")
 QUICK = {"rounds": 3, "clients_per_round": 4, "local_epochs": 1}
-REPO_BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+# The reference pipelines ship inside the package (installed from a wheel or not): paper_style.py
+# and the Flower app flower_app/, both run as scripts in child processes.
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class BenchOptions:
     out_dir: Path
     implementations: tuple[str, ...] = IMPLEMENTATIONS
     scale_clients: tuple[int, ...] = (64, 1000)
-    benchmarks_dir: Path = REPO_BENCHMARKS
+    benchmarks_dir: Path = PEERS_DIR  # holds paper_style.py and flower_app/simulate.py
     probe_seconds: float = 2.0
     probe_sizes: tuple[int, ...] = (1024, 2048, 3072, 4096)
     timeout: float = 6 * 3600.0
@@ -126,6 +129,29 @@ def commands(opts: BenchOptions, workload_file: Path, out: Callable[[str], Path]
     return cmds
 
 
+def assemble(opts: BenchOptions, parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``bench.json``: the workload, the machine, each part's figures and the summary ratios."""
+    results = {k: v for k, v in parts.items() if k in IMPLEMENTATIONS}
+    probe = parts.get("probe")
+    probe = probe if probe and "error" not in probe else None
+    bench = {
+        "workload": dataclasses.asdict(opts.workload),
+        "workload_text": describe(opts.workload),
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "results": results,
+        "probe": probe,
+        "memory_scaling": {str(n): parts[f"scale-{n}"] for n in opts.scale_clients},
+        "time_to_accuracy": {p: parts[f"tta-{p}"] for p in TTA_PRECISIONS if f"tta-{p}" in parts},
+    }
+    bench["summary"] = summarize({k: v for k, v in results.items() if "error" not in v}, probe)
+    return bench
+
+
 def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every part, write ``bench.json`` and ``bench.md`` into ``opts.out_dir``; return the data."""
     out_dir = opts.out_dir
@@ -162,25 +188,7 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> dict[st
         status = parts[name].get("error") or f"{parts[name]['wall_seconds']:.0f}s"
         say(f"bench: {name} done ({status})")
 
-    results = {k: v for k, v in parts.items() if k in IMPLEMENTATIONS}
-    probe = parts.get("probe")
-    probe = probe if probe and "error" not in probe else None
-    bench = {
-        "workload": dataclasses.asdict(opts.workload),
-        "workload_text": describe(opts.workload),
-        "machine": {
-            "cpus": len(os.sched_getaffinity(0)),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "results": results,
-        "probe": probe,
-        "memory_scaling": {str(n): parts[f"scale-{n}"] for n in opts.scale_clients},
-        "time_to_accuracy": {p: parts[f"tta-{p}"] for p in TTA_PRECISIONS if f"tta-{p}" in parts},
-    }
-    bench["summary"] = summarize({k: v for k, v in results.items() if "error" not in v}, probe)
-    (out_dir / "bench.json").write_text(json.dumps(bench, indent=1))
-    table = markdown(bench)
-    (out_dir / "bench.md").write_text(table)
+    bench = assemble(opts, parts)
+    atomic_write_text(out_dir / "bench.json", json.dumps(bench, indent=1))
+    atomic_write_text(out_dir / "bench.md", markdown(bench))
     return bench

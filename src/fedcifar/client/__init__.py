@@ -1,5 +1,6 @@
 """The client side of federated learning, independent of any engine."""
 
-from fedcifar.client.train import ClientInstructions, ClientResult, evaluate, train_client
+from fedcifar.client.evaluate import EvalCounts, eval_counts
+from fedcifar.client.train import train_client
 
-__all__ = ["ClientInstructions", "ClientResult", "evaluate", "train_client"]
+__all__ = ["EvalCounts", "eval_counts", "train_client"]

@@ -2,7 +2,8 @@
 
 - FedProx (Li et al. 2020): ``proximal_mu`` adds μ(w - w_start) to each gradient, the
   gradient of (μ/2)||w - w_start||², before the optimizer step.
-- SCAFFOLD (Karimireddy et al. 2020): ``control`` carries c and c_i. After each optimizer
+- SCAFFOLD (Karimireddy et al. 2020): ``control_server`` and ``control_client`` carry c and
+  c_i (a missing name is zero). After each optimizer
   step, w -= lr·(c - c_i). With plain SGD this is exactly the paper's y -= lr·(g - c_i + c);
   with Adam the correction acts on the update rather than inside Adam's normalisation.
   At the end the client returns option II's c_i+ = c_i - c + (w_start - w)/(K·lr) in
@@ -15,42 +16,35 @@ layers overlaid when those are in use.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-Weights = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Control:
-    """SCAFFOLD's control variates for one client: the server's c and the client's c_i.
-
-    Both map parameter names to tensors; a missing name (or an empty mapping, as in the
-    first round) means zero.
-    """
-
-    server: Mapping[str, torch.Tensor]
-    client: Mapping[str, torch.Tensor]
+from fedcifar.messages import Weights
 
 
 class LocalHooks:
     """Built once per client update; each hook is a no-op when its feature is off."""
 
-    def __init__(self, model: nn.Module, proximal_mu: float, control: Control | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        proximal_mu: float = 0.0,
+        control_server: Mapping[str, torch.Tensor] | None = None,
+        control_client: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.mu = proximal_mu
-        self.control = control
-        needs_start = proximal_mu > 0 or control is not None
+        self.scaffold = control_server is not None
+        needs_start = proximal_mu > 0 or self.scaffold
         self.start = [p.detach().clone() for p in self.params] if needs_start else []
         self.correction: list[torch.Tensor] = []
-        if control is not None:
+        if control_server is not None:
             for name, p in named:
-                c = control.server.get(name)
-                ci = control.client.get(name)
+                c = control_server.get(name)
+                ci = (control_client or {}).get(name)
                 c = torch.zeros_like(p) if c is None else c.to(p.device, p.dtype)
                 self.correction.append(c if ci is None else c - ci.to(p.device, p.dtype))
 
@@ -71,7 +65,7 @@ class LocalHooks:
     @torch.no_grad()
     def state(self, steps: int, lr: float) -> dict[str, Weights]:
         """Client state to keep: SCAFFOLD's c_i+ (option II), or nothing."""
-        if self.control is None or steps == 0:
+        if not self.scaffold or steps == 0:
             return {}
         scale = 1.0 / (steps * lr)
         c_new = {

@@ -19,6 +19,8 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from fedcifar.errors import UserError
+
 log = logging.getLogger("fedcifar.serve")
 
 INTERRUPTED = {130, -signal.SIGINT, -signal.SIGTERM}  # how a trainer stopped by Ctrl-C or TERM exits
@@ -61,7 +63,6 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """Bind now, so a port in use is a one-line error rather than a log line after start-up."""
-    from fedcifar.cli import UserError
 
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -150,23 +151,11 @@ class Trainer:
                 return self.proc.wait()
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from fedcifar.cli import UserError
-    from fedcifar.serve.labels import read_fine_labels
-    from fedcifar.serve.main import create_app
-    from fedcifar.serve.predictor import Predictor, inference_runtime
+def _settings(args: argparse.Namespace):
     from fedcifar.serve.settings import MB, ServeSettings
 
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.train_preset and not args.run:
-        raise UserError("--train-preset needs --run RUN_DIR (the run directory to train into)")
     try:
-        settings = ServeSettings(
+        return ServeSettings(
             run_dir=Path(args.run) if args.run else None,
             model_path=Path(args.model) if args.model else None,
             data_dir=Path(args.data_dir) if args.data_dir else None,
@@ -177,6 +166,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             batch_wait_ms=args.batch_wait_ms,
             reload_interval=args.reload_interval,
         )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fedcifar.serve.labels import read_fine_labels
+    from fedcifar.serve.main import create_app
+    from fedcifar.serve.predictor import Predictor, inference_runtime
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.train_preset and not args.run:
+        raise UserError("--train-preset needs --run RUN_DIR (the run directory to train into)")
+    settings = _settings(args)
+    try:
         runtime = inference_runtime(settings.precision, settings.channels_last)
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -195,6 +203,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     trainer = Trainer(args.train_preset, settings.run_dir, args.data_dir) if args.train_preset else None
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"fedcifar: serving on http://{shown}:{args.port}/ (dashboard: /dashboard, API docs: /docs)", file=sys.stderr)
+    return _serve_beside(server, sock, trainer, settings.run_dir)
+
+
+def _serve_beside(server, sock: socket.socket, trainer: Trainer | None, run_dir: Path | None) -> int:
+    """Run the web server (and the trainer beside it, if any) until either stops; the exit code."""
     failed = threading.Event()
 
     def on_trainer_failure() -> None:
@@ -216,8 +229,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if failed.is_set():
         return int(code or 1) if code not in INTERRUPTED else 1
     if trainer is not None:
-        print(
-            f"fedcifar: stopped; {settings.run_dir} keeps its last complete round (run again to resume)",
-            file=sys.stderr,
-        )
+        print(f"fedcifar: stopped; {run_dir} keeps its last complete round (run again to resume)", file=sys.stderr)
     return 0

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fedcifar.data.augment import Normalize
-from fedcifar.sim.runtime import Runtime, bf16_supported
+from fedcifar.runtime import Runtime, bf16_supported
 from fedcifar.track.checkpoint import CheckpointError, load_model
 
 log = logging.getLogger("fedcifar.serve")

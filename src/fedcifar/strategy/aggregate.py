@@ -1,7 +1,7 @@
 """Pure aggregation maths on state dicts (name -> tensor). Inputs are never mutated.
 
 BatchNorm policy (the paper's): running_mean and running_var are floating-point buffers and
-are averaged with the same weights as the parameters. Integer buffers such as
+are averaged with the same factors as the parameters. Integer buffers such as
 ``num_batches_tracked`` are counters, not estimates: they are never averaged as floats; the
 aggregate keeps the largest client value, in the original integer dtype.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-Weights = dict[str, torch.Tensor]
+from fedcifar.messages import Weights
 
 
 def is_float(t: torch.Tensor) -> bool:
@@ -28,20 +28,21 @@ class WeightedMean:
         self.total = 0.0
         self.count = 0
 
-    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None:
-        if weight < 0:
-            raise ValueError(f"aggregation weight must be >= 0, got {weight}")
+    def add(self, state: Mapping[str, torch.Tensor], factor: float) -> None:
+        """Fold in ``state`` with aggregation factor ``factor`` (its share before normalisation)."""
+        if factor < 0:
+            raise ValueError(f"aggregation factor must be >= 0, got {factor}")
         if self._sum is None:
-            self._sum = {k: v.detach().float() * weight for k, v in state.items() if is_float(v)}
+            self._sum = {k: v.detach().float() * factor for k, v in state.items() if is_float(v)}
             self._ints = {k: v.detach().clone() for k, v in state.items() if not is_float(v)}
         else:
             if set(state) != set(self._sum) | set(self._ints):
                 raise ValueError("client state dicts have different keys")
             for k, acc in self._sum.items():
-                acc.add_(state[k].detach().float(), alpha=weight)
+                acc.add_(state[k].detach().float(), alpha=factor)
             for k, acc in self._ints.items():
                 torch.maximum(acc, state[k], out=acc)
-        self.total += weight
+        self.total += factor
         self.count += 1
 
     def result(self, like: Mapping[str, torch.Tensor] | None = None) -> Weights:
@@ -49,7 +50,7 @@ class WeightedMean:
         if self._sum is None:
             raise ValueError("no client results to aggregate")
         if self.total <= 0:
-            raise ValueError("aggregation weights sum to zero")
+            raise ValueError("aggregation factors sum to zero")
         out: Weights = {}
         keys = list(like) if like is not None else [*self._sum, *self._ints]
         for k in keys:
@@ -61,19 +62,14 @@ class WeightedMean:
         return out
 
 
-def weighted_mean(states: Iterable[Mapping[str, torch.Tensor]], weights: Iterable[float]) -> Weights:
-    """sum_i w_i * state_i / sum_i w_i for float tensors; max for integer tensors."""
+def weighted_mean(states: Iterable[Mapping[str, torch.Tensor]], factors: Iterable[float]) -> Weights:
+    """sum_i p_i * state_i / sum_i p_i for float tensors; max for integer tensors."""
     acc = WeightedMean()
     first = None
-    for state, w in zip(states, weights, strict=True):
+    for state, p in zip(states, factors, strict=True):
         first = first or state
-        acc.add(state, float(w))
+        acc.add(state, float(p))
     return acc.result(like=first)
-
-
-def subtract(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Weights:
-    """a - b for float tensors (the pseudo-gradient's building block)."""
-    return {k: a[k] - b[k] for k in a if is_float(a[k])}
 
 
 STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")

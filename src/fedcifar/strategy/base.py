@@ -1,37 +1,56 @@
 """The server side of a federated algorithm, as a small class with a few hooks.
 
-The engine calls ``setup`` once with what the server knows about its clients, then, each
-round: ``configure_fit`` (extra per-client instructions, as ClientInstructions keyword
-arguments), then ``aggregate_fit`` with an iterator of client results in a fixed order,
-which the strategy folds as they arrive. State that must survive a resume goes through
-``state_dict``/``load_state_dict`` as tensors plus a JSON-able dict.
+The round loop (:mod:`fedcifar.server.loop`) calls ``setup`` once with what the server knows
+about its clients, then, each round:
 
-Subclasses that override ``configure_fit`` call ``super().configure_fit`` first: it fixes
-the round's aggregation weights (see :mod:`fedcifar.strategy.weighting`).
+1. ``configure_fit(server_round, client_ids)``: extra per-client instructions, as
+   :class:`~fedcifar.messages.ClientInstructions` keyword arguments;
+2. ``aggregate_fit(fit_round, results)``: fold the results that arrive (an iterator, in a
+   fixed order) into new global weights. ``fit_round`` carries the round's global weights,
+   each client's aggregation factor and the round's failures.
+
+The loop, not the strategy, keeps the metrics of each result, counts failures and skips a
+round with too few results: it then restores the strategy from the ``state_dict`` it took
+before the round. So ``state_dict`` must hand out tensors that later rounds rebind rather
+than modify in place. State that must survive a resume also goes through
+``state_dict``/``load_state_dict``, as tensors plus a JSON-able dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from fedcifar.client.train import ClientResult
+from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.strategy.population import Population
 from fedcifar.strategy.weighting import Weighting
 
-Weights = dict[str, torch.Tensor]
 FitConfig = dict[int, dict[str, Any]]
 
 
-class Strategy:
-    name = "base"
+@dataclass
+class FitRound:
+    """What a strategy knows when it aggregates a round."""
 
+    server_round: int
+    global_weights: Mapping[str, torch.Tensor]
+    factors: Mapping[int, float] | None = None  # aggregation factor per client; None: num_examples
+    failures: list[ClientFailure] = field(default_factory=list)  # complete once the results are consumed
+
+    def factor(self, result: ClientResult) -> float:
+        """How much ``result`` counts in the round's weighted mean (before normalisation)."""
+        if self.factors is None:
+            return float(result.num_examples)
+        return self.factors[result.client_id]
+
+
+class Strategy:
     def __init__(self, weighting: Weighting | None = None) -> None:
         self.weighting = weighting or Weighting()
         self.population: Population | None = None
-        self._round_weights: dict[int, float] | None = None
 
     def setup(self, population: Population) -> None:
         """Called once before the first round (and again on resume)."""
@@ -39,19 +58,10 @@ class Strategy:
 
     def configure_fit(self, server_round: int, client_ids: list[int]) -> FitConfig:
         """Extra instructions per client; none by default."""
-        self._round_weights = self.weighting.for_round(client_ids, self.population)
         return {}
 
-    def weight(self, result: ClientResult) -> float:
-        """The aggregation weight of one client's result this round."""
-        if self._round_weights is None:
-            return float(result.num_examples)
-        return self._round_weights[result.client_id]
-
-    def aggregate_fit(
-        self, server_round: int, global_weights: Mapping[str, torch.Tensor], results: Iterable[ClientResult]
-    ) -> tuple[Weights, list[ClientResult]]:
-        """Return the new global weights and the results (with weights dropped) for metrics."""
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
+        """The new global weights from the results that arrived."""
         raise NotImplementedError
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
@@ -60,11 +70,6 @@ class Strategy:
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
         return None
-
-
-def strip_weights(result: ClientResult) -> ClientResult:
-    """Keep the metrics, drop the (large) weights and client state once they are folded in."""
-    return ClientResult(result.client_id, {}, result.num_examples, result.metrics)
 
 
 def add_to_config(config: FitConfig, client_ids: Iterable[int], **fields: Any) -> FitConfig:

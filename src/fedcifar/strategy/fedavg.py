@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-import torch
-
-from fedcifar.client.train import ClientResult
+from fedcifar.messages import ClientResult, Weights
 from fedcifar.strategy.aggregate import WeightedMean
-from fedcifar.strategy.base import Strategy, Weights, strip_weights
+from fedcifar.strategy.base import FitRound, Strategy
 
 
 class FedAvg(Strategy):
-    name = "fedavg"
-
-    def aggregate_fit(
-        self, server_round: int, global_weights: Mapping[str, torch.Tensor], results: Iterable[ClientResult]
-    ) -> tuple[Weights, list[ClientResult]]:
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
         acc = WeightedMean()
-        kept = []
         for res in results:
-            acc.add(res.weights, self.weight(res))
-            kept.append(strip_weights(res))
-        return acc.result(like=global_weights), kept
+            acc.add(res.weights, fit_round.factor(res))
+        return acc.result(like=fit_round.global_weights)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from fedcifar.client.train import ClientResult
-from fedcifar.strategy.base import FitConfig, Strategy, Weights, add_to_config
+from fedcifar.messages import ClientResult, Weights
+from fedcifar.strategy.base import FitConfig, FitRound, Strategy, add_to_config
 from fedcifar.strategy.population import Population
 from fedcifar.strategy.store import ClientStore
 
@@ -40,7 +40,6 @@ class FedBN(Strategy):
     def __init__(self, inner: Strategy) -> None:
         super().__init__(inner.weighting)
         self.inner = inner
-        self.name = inner.name
         self.store = ClientStore()
         self._keys: list[str] | None = None
 
@@ -63,10 +62,8 @@ class FedBN(Strategy):
             self.store.put(res.client_id, {k: res.weights[k] for k in self._keys})
             yield res
 
-    def aggregate_fit(
-        self, server_round: int, global_weights: Mapping[str, torch.Tensor], results: Iterable[ClientResult]
-    ) -> tuple[Weights, list[ClientResult]]:
-        return self.inner.aggregate_fit(server_round, global_weights, self._keep_local(results))
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
+        return self.inner.aggregate_fit(fit_round, self._keep_local(results))
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         tensors, meta = self.inner.state_dict()

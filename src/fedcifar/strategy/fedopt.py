@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from fedcifar.client.train import ClientResult
+from fedcifar.messages import ClientResult, Weights
 from fedcifar.strategy.aggregate import apply_update, pseudo_gradient
-from fedcifar.strategy.base import Weights
+from fedcifar.strategy.base import FitRound
 from fedcifar.strategy.fedavg import FedAvg
 from fedcifar.strategy.weighting import Weighting
 
@@ -69,7 +69,6 @@ def adaptive_step(
 class FedOpt(FedAvg):
     """FedAvg's mean followed by ``server_step`` on the pseudo-gradient. Subclasses add state."""
 
-    name = "fedopt"
     default_lr = 1.0
     slots: tuple[str, ...] = ()  # names of per-parameter state tensors, saved in checkpoints
 
@@ -81,12 +80,10 @@ class FedOpt(FedAvg):
     def server_step(self, delta: Weights) -> Weights:
         raise NotImplementedError
 
-    def aggregate_fit(
-        self, server_round: int, global_weights: Mapping[str, torch.Tensor], results: Iterable[ClientResult]
-    ) -> tuple[Weights, list[ClientResult]]:
-        mean, kept = super().aggregate_fit(server_round, global_weights, results)
-        update = self.server_step(pseudo_gradient(global_weights, mean))
-        return apply_update(global_weights, mean, update), kept
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
+        mean = super().aggregate_fit(fit_round, results)
+        update = self.server_step(pseudo_gradient(fit_round.global_weights, mean))
+        return apply_update(fit_round.global_weights, mean, update)
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         tensors = {f"{slot}.{k}": t for slot, d in self.state.items() for k, t in d.items()}
@@ -101,7 +98,6 @@ class FedOpt(FedAvg):
 
 
 class FedAvgM(FedOpt):
-    name = "fedavgm"
     slots = ("velocity",)
 
     def __init__(self, server_lr: float = 0.0, momentum: float = 0.9, weighting: Weighting | None = None) -> None:
@@ -110,10 +106,10 @@ class FedAvgM(FedOpt):
         self.momentum = momentum
 
     def server_step(self, delta: Weights) -> Weights:
-        velocity = self.state["velocity"]
-        update = {}
+        old, velocity, update = self.state["velocity"], {}, {}
         for k, d in delta.items():
-            update[k], velocity[k] = momentum_step(d, velocity.get(k), self.server_lr, self.momentum)
+            update[k], velocity[k] = momentum_step(d, old.get(k), self.server_lr, self.momentum)
+        self.state = {"velocity": velocity}
         return update
 
 
@@ -136,25 +132,23 @@ class FedAdaptive(FedOpt):
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
 
     def server_step(self, delta: Weights) -> Weights:
-        m, v = self.state["m"], self.state["v"]
-        update = {}
+        old_m, old_v = self.state["m"], self.state["v"]
+        m, v, update = {}, {}, {}
         for k, d in delta.items():
             update[k], m[k], v[k] = adaptive_step(
-                self.rule, d, m.get(k), v.get(k), self.server_lr, self.beta1, self.beta2, self.tau
+                self.rule, d, old_m.get(k), old_v.get(k), self.server_lr, self.beta1, self.beta2, self.tau
             )
+        self.state = {"m": m, "v": v}
         return update
 
 
 class FedAdam(FedAdaptive):
-    name = "fedadam"
     rule = "adam"
 
 
 class FedYogi(FedAdaptive):
-    name = "fedyogi"
     rule = "yogi"
 
 
 class FedAdagrad(FedAdaptive):
-    name = "fedadagrad"
     rule = "adagrad"

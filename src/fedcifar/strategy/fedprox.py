@@ -12,8 +12,6 @@ from fedcifar.strategy.weighting import Weighting
 
 
 class FedProx(FedAvg):
-    name = "fedprox"
-
     def __init__(self, proximal_mu: float, weighting: Weighting | None = None) -> None:
         super().__init__(weighting)
         self.proximal_mu = proximal_mu

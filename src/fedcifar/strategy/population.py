@@ -23,10 +23,6 @@ class Population:
         counts = np.stack([np.bincount(labels[idx], minlength=num_classes) for idx in partition])
         return cls(counts.sum(axis=1), counts)
 
-    @property
-    def num_clients(self) -> int:
-        return len(self.sizes)
-
     def label_discrepancy(self) -> np.ndarray:
         """L2 distance between each client's label distribution and the uniform one (FedDisco's d_k)."""
         return label_discrepancy(self.label_counts)

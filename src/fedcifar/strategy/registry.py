@@ -33,9 +33,9 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "scaffold": lambda cfg: Scaffold(cfg.num_clients, cfg.server_lr, _weighting(cfg)),
     "median": lambda cfg: Median(_weighting(cfg)),
     "trimmed_mean": lambda cfg: TrimmedMean(cfg.trim_ratio, _weighting(cfg)),
-    "krum": lambda cfg: Krum(cfg.krum_byzantine, 1, _weighting(cfg), name="krum"),
+    "krum": lambda cfg: Krum(cfg.krum_byzantine, 1, _weighting(cfg)),
     "multikrum": lambda cfg: Krum(
-        cfg.krum_byzantine, cfg.krum_select or cfg.clients_per_round - cfg.krum_byzantine, _weighting(cfg), "multikrum"
+        cfg.krum_byzantine, cfg.krum_select or cfg.clients_per_round - cfg.krum_byzantine, _weighting(cfg)
     ),
 }
 SELECTORS: dict[str, Callable[[selection.SelectionContext], list[int]]] = {
@@ -43,15 +43,6 @@ SELECTORS: dict[str, Callable[[selection.SelectionContext], list[int]]] = {
     "size_weighted": selection.select_size_weighted,
     "power_of_choice": selection.select_power_of_choice,
 }
-
-
-def validate_names(cfg) -> None:
-    from fedcifar.config import ConfigError
-
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {cfg.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-    if cfg.client_selection not in SELECTORS:
-        raise ConfigError(f"unknown client_selection {cfg.client_selection!r}; choose one of: {', '.join(SELECTORS)}")
 
 
 def build_strategy(cfg) -> Strategy:

@@ -8,7 +8,7 @@
   distance to its K - f - 2 nearest others (at least 1, as Flower does), keep the m clients
   with the lowest scores (m = 1 for Krum) and take their weighted mean.
 
-Median and trimmed mean ignore the client weighting (they are unweighted order statistics).
+Median and trimmed mean ignore the aggregation factors (they are unweighted order statistics).
 Integer counters take the max, as everywhere. Unlike FedAvg these rules need every client
 of the round at once, so they hold the round's K state dicts in memory.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from fedcifar.client.train import ClientResult
+from fedcifar.messages import ClientResult, Weights
 from fedcifar.strategy.aggregate import is_float, weighted_mean
-from fedcifar.strategy.base import Strategy, Weights, strip_weights
+from fedcifar.strategy.base import FitRound, Strategy
 from fedcifar.strategy.weighting import Weighting
 
 Tensor = torch.Tensor
@@ -85,52 +85,45 @@ def coordinatewise(
 
 
 class RobustAggregate(Strategy):
-    """Collect the round's client weights, then combine them with a robust rule."""
+    """Collect the round's client state dicts, then combine them with a robust rule."""
 
-    def combine(self, global_weights: Mapping[str, Tensor], states: list[Weights], weights: list[float]) -> Weights:
+    def combine(self, global_weights: Mapping[str, Tensor], states: list[Weights], factors: list[float]) -> Weights:
         raise NotImplementedError
 
-    def aggregate_fit(
-        self, server_round: int, global_weights: Mapping[str, Tensor], results: Iterable[ClientResult]
-    ) -> tuple[Weights, list[ClientResult]]:
-        states, weights, kept = [], [], []
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
+        states, factors = [], []
         for res in results:
             states.append(res.weights)
-            weights.append(self.weight(res))
-            kept.append(strip_weights(res))
+            factors.append(fit_round.factor(res))
         if not states:
             raise ValueError("no client results to aggregate")
-        return self.combine(global_weights, states, weights), kept
+        return self.combine(fit_round.global_weights, states, factors)
 
 
 class Median(RobustAggregate):
-    name = "median"
-
-    def combine(self, global_weights, states, weights):
+    def combine(self, global_weights, states, factors):
         return coordinatewise(states, global_weights, coordinate_median)
 
 
 class TrimmedMean(RobustAggregate):
-    name = "trimmed_mean"
-
     def __init__(self, trim_ratio: float = 0.1, weighting: Weighting | None = None) -> None:
         super().__init__(weighting)
         self.trim_ratio = trim_ratio
 
-    def combine(self, global_weights, states, weights):
+    def combine(self, global_weights, states, factors):
         return coordinatewise(states, global_weights, lambda s: trimmed_mean(s, self.trim_ratio))
 
 
 class Krum(RobustAggregate):
     """Multi-Krum; ``keep=1`` is Krum."""
 
-    def __init__(self, byzantine: int = 0, keep: int = 1, weighting: Weighting | None = None, name: str = "krum"):
+    def __init__(self, byzantine: int = 0, keep: int = 1, weighting: Weighting | None = None):
         super().__init__(weighting)
-        self.byzantine, self.keep, self.name = byzantine, keep, name
+        self.byzantine, self.keep = byzantine, keep
 
-    def combine(self, global_weights, states, weights):
+    def combine(self, global_weights, states, factors):
         chosen = krum_select(pairwise_sq_distances(states), self.byzantine, min(self.keep, len(states)))
-        return weighted_mean([states[i] for i in chosen], [weights[i] for i in chosen])
+        return weighted_mean([states[i] for i in chosen], [factors[i] for i in chosen])
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         return {}, {"byzantine": self.byzantine, "keep": self.keep}

@@ -18,18 +18,15 @@ from typing import Any
 
 import torch
 
-from fedcifar.client.hooks import Control
-from fedcifar.client.train import ClientResult
+from fedcifar.messages import ClientResult, Weights
 from fedcifar.strategy.aggregate import WeightedMean, apply_update, pseudo_gradient
-from fedcifar.strategy.base import FitConfig, Weights, add_to_config, strip_weights
+from fedcifar.strategy.base import FitConfig, FitRound, add_to_config
 from fedcifar.strategy.fedavg import FedAvg
 from fedcifar.strategy.store import ClientStore
 from fedcifar.strategy.weighting import Weighting
 
 
 class Scaffold(FedAvg):
-    name = "scaffold"
-
     def __init__(self, num_clients: int, server_lr: float = 0.0, weighting: Weighting | None = None) -> None:
         super().__init__(weighting)
         self.num_clients = num_clients
@@ -40,17 +37,15 @@ class Scaffold(FedAvg):
     def configure_fit(self, server_round: int, client_ids: list[int]) -> FitConfig:
         config = super().configure_fit(server_round, client_ids)
         for cid in client_ids:
-            add_to_config(config, [cid], control=Control(server=self.c, client=self.store.get(cid) or {}))
+            add_to_config(config, [cid], control_server=self.c, control_client=self.store.get(cid) or {})
         return config
 
-    def aggregate_fit(
-        self, server_round: int, global_weights: Mapping[str, torch.Tensor], results: Iterable[ClientResult]
-    ) -> tuple[Weights, list[ClientResult]]:
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
+        global_weights = fit_round.global_weights
         acc = WeightedMean()
         dc_sum: Weights = {}
-        kept = []
         for res in results:
-            acc.add(res.weights, self.weight(res))
+            acc.add(res.weights, fit_round.factor(res))
             c_new = res.state.get("control")
             if c_new is None:
                 raise ValueError(f"client {res.client_id} returned no SCAFFOLD control variate")
@@ -59,13 +54,12 @@ class Scaffold(FedAvg):
                 dc = t.float() - c_old[k].to(t.device) if k in c_old else t.float()
                 dc_sum[k] = dc if k not in dc_sum else dc_sum[k] + dc
             self.store.put(res.client_id, c_new)
-            kept.append(strip_weights(res))
         mean = acc.result(like=global_weights)
         update = {k: self.server_lr * d for k, d in pseudo_gradient(global_weights, mean).items()}
         self.c = {
             k: (self.c[k] + d / self.num_clients if k in self.c else d / self.num_clients) for k, d in dc_sum.items()
         }
-        return apply_update(global_weights, mean, update), kept
+        return apply_update(global_weights, mean, update)
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         tensors = {f"c.{k}": t for k, t in self.c.items()}

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-Weights = dict[str, torch.Tensor]
+from fedcifar.messages import Weights
 
 
 class ClientStore:
@@ -31,9 +31,6 @@ class ClientStore:
     def put(self, client_id: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """Replace the client's state (tensors move to host memory; the old dict is not mutated)."""
         self._state[int(client_id)] = {k: v.detach().to("cpu") for k, v in tensors.items()}
-
-    def __contains__(self, client_id: object) -> bool:
-        return client_id in self._state
 
     def __len__(self) -> int:
         return len(self._state)

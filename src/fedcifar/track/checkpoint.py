@@ -2,8 +2,8 @@
 
 ``checkpoint.safetensors`` is written last in a round, so it defines the last complete
 round. It holds the global weights (``model.*``), the strategy's tensors (``strategy.*``)
-and, in its string metadata, a JSON document with the round, config, strategy metadata and
-RNG state. No pickle: ``model_global.pth`` is a plain state_dict for the paper's name and
+and, in its string metadata, a JSON document with the format version, the round, the config
+and the strategy's metadata. No pickle: ``model_global.pth`` is a plain state_dict for the paper's name and
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -36,7 +36,7 @@ class Checkpoint:
     round: int
     weights: dict[str, torch.Tensor]
     strategy_tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any]  # config, strategy metadata, rng, ...
+    meta: dict[str, Any]  # config, model, strategy metadata, ...
 
 
 def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,6 +85,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"no checkpoint in {run_dir} (expected {CHECKPOINT_FILE}); nothing to resume")
     meta = read_metadata(path)
+    version = meta.pop("format", None)
+    if version != FORMAT_VERSION or "round" not in meta:
+        raise CheckpointError(f"{path} is a checkpoint of format {version!r}; this fedcifar reads {FORMAT_VERSION}")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:

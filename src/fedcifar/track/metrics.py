@@ -10,6 +10,7 @@ import pandas as pd
 from fedcifar.track.io import atomic_path
 
 METRICS_FILE = "metrics.csv"
+PROGRESS_FILE = "progress.json"  # the round in progress: written by track/rundir.py, read by the dashboard
 
 
 class MetricsLog:

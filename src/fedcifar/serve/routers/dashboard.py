@@ -20,7 +20,7 @@ def _no_run() -> HTTPException:
 
 @router.get("")
 def run_status(state: Annotated[ServeState, Depends(get_state)]) -> dict[str, Any]:
-    """Round, estimated progress of the running round, curves from metrics.csv, and the served model."""
+    """Round, progress of the running round (clients reported, or an estimate), curves from metrics.csv, model."""
     if state.run is None:
         raise _no_run()
     status = state.run.status()

@@ -40,7 +40,16 @@ function showStatus(run) {
   const fill = document.getElementById("progress-fill");
   const text = document.getElementById("progress-text");
   bar.classList.remove("indeterminate");
-  if (run.state === "training" && run.round_progress_estimate != null) {
+  if (run.state === "training" && run.round_progress != null) {
+    // Exact: clients that reported this round (progress.json), failures included.
+    fill.style.width = `${100 * run.round_progress}%`;
+    const failed = run.clients_failed ? ` (${run.clients_failed} failed)` : "";
+    const reported = run.clients_done + run.clients_failed;
+    text.textContent = reported < run.clients_total
+      ? `round ${run.current_round}: ${run.clients_done} of ${run.clients_total} clients${failed}`
+      : `round ${run.current_round}: all ${run.clients_total} clients in${failed}; aggregating and evaluating`;
+  } else if (run.state === "training" && run.round_progress_estimate != null) {
+    // Runs without progress.json: an estimate from recent round times.
     fill.style.width = pct(run.round_progress_estimate);
     text.textContent = `round ${run.current_round}: about ${pct(run.round_progress_estimate)} ` +
       `(${fmtSeconds(run.round_elapsed_s)} of a typical ${fmtSeconds(run.mean_round_s)})`;
@@ -53,7 +62,9 @@ function showStatus(run) {
     text.textContent = `all ${run.rounds_done} rounds done`;
   } else if (run.state === "stalled") {
     fill.style.width = "0";
-    text.textContent = `last round finished ${fmtSeconds(run.round_elapsed_s)} ago; resume with make run`;
+    const idle = run.idle_s != null && run.idle_s < run.round_elapsed_s - 1
+      ? `, nothing new for ${fmtSeconds(run.idle_s)}` : "";
+    text.textContent = `last round finished ${fmtSeconds(run.round_elapsed_s)} ago${idle}; resume with make run`;
   } else {
     fill.style.width = "0";
     text.textContent = "waiting for fedcifar train to write into this run directory";

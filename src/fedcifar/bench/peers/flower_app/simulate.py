@@ -1,9 +1,9 @@
 """Run flowerbench in Flower's simulation engine (Ray backend) and time its rounds.
 
-``python benchmarks/flower_app/simulate.py WORKLOAD.json OUT.json``. Each Ray actor gets one
+``python src/fedcifar/bench/peers/flower_app/simulate.py WORKLOAD.json OUT.json``. Each Ray actor gets one
 CPU (so two clients train side by side on two cores, Flower's best layout here; torch in
 an actor then uses one thread, as Ray sets OMP_NUM_THREADS to the actor's CPUs).
-``flwr run benchmarks/flower_app`` runs the same app through Flower's CLI instead.
+``flwr run src/fedcifar/bench/peers/flower_app`` runs the same app through Flower's CLI instead.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # one linear script, kept whole so it reads like Flower's examples
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workload")
     parser.add_argument("out")

@@ -9,7 +9,7 @@
 * the server averages the state dicts, weighted by client data size (FedAvg).
 
 It trains the same workload (partition, per-round clients, epochs, Adam, batch size) as the
-other implementations: ``python benchmarks/paper_style.py WORKLOAD.json OUT.json``.
+other implementations: ``python src/fedcifar/bench/peers/paper_style.py WORKLOAD.json OUT.json``.
 """
 
 from __future__ import annotations

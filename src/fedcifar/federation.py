@@ -1,0 +1,57 @@
+"""What a config means for a federation, independent of where its clients run.
+
+The model to build, the client partition, and each client's instructions and seed for a
+round. The round loop, every backend and the centralized reference derive these from the
+config alone, so they agree without passing them around.
+
+Randomness: no generator carries hidden state between rounds. The partition, each round's
+selection and each client's shuffling and augmentation come from generators derived from
+(seed, round, client), so a resumed run redraws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedcifar.config import Config
+from fedcifar.data.partition import Partition, make_partition
+from fedcifar.messages import ClientInstructions
+from fedcifar.model import ModelSpec
+
+NUM_CLASSES = 100
+
+
+def model_spec(cfg: Config) -> ModelSpec:
+    return ModelSpec(cfg.model, cfg.norm, NUM_CLASSES)
+
+
+def partition_for(cfg: Config, labels: np.ndarray) -> Partition:
+    return make_partition(
+        labels,
+        cfg.partitioner,
+        cfg.num_clients,
+        cfg.seed,
+        alpha=cfg.alpha,
+        min_partition_size=cfg.min_partition_size,
+        shards_per_client=cfg.shards_per_client,
+    )
+
+
+def client_seed(seed: int, server_round: int, client_id: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
+
+
+def client_instructions(cfg: Config, server_round: int, client_id: int, extra: dict[str, Any]) -> ClientInstructions:
+    """The config's local-training settings for one client, plus the strategy's extras."""
+    return ClientInstructions(
+        seed=client_seed(cfg.seed, server_round, client_id),
+        epochs=cfg.local_epochs,
+        steps=cfg.local_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        augment=cfg.augment,
+        optimizer=cfg.client_optimizer,
+        **extra,
+    )

@@ -1,0 +1,1 @@
+"""The server side of a run: one round loop that drives a backend, whatever runs the clients."""

@@ -1,0 +1,44 @@
+"""The interface between the round loop and whatever runs the clients.
+
+A backend is told which clients to train, with which instructions, from which global
+weights; it yields each client's :class:`~fedcifar.messages.ClientResult` or
+:class:`~fedcifar.messages.ClientFailure` as it arrives. It also evaluates a model on the
+server's test set and, for power-of-choice selection, on clients' own data.
+
+:class:`fedcifar.sim.local.LocalBackend` runs clients on a thread pool in this process; a
+network backend runs them on other machines. Selection, weighting, aggregation, metrics and
+checkpoints stay in the loop, written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedcifar.client.evaluate import EvalCounts
+from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
+
+
+@dataclass(frozen=True)
+class FitTask:
+    client_id: int
+    instructions: ClientInstructions
+
+
+class Backend(Protocol):
+    workers: int  # clients that train at the same time (for the round's overhead figure)
+
+    def fit(
+        self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask]
+    ) -> Iterator[ClientResult | ClientFailure]:
+        """Train every task's client from ``global_weights``; yield one item per task, in any order."""
+        ...
+
+    def evaluate(self, weights: Weights) -> EvalCounts:
+        """``weights`` on the server's test set."""
+        ...
+
+    def client_losses(self, server_round: int, weights: Weights, client_ids: Sequence[int]) -> list[float]:
+        """The loss of ``weights`` on each listed client's training data (power-of-choice)."""
+        ...

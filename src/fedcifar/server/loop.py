@@ -1,0 +1,155 @@
+"""The one round loop: select -> configure -> dispatch -> aggregate -> evaluate -> record.
+
+It drives a :class:`~fedcifar.server.backend.Backend` (which runs the clients: a local
+thread pool, or machines on a network) and writes through a
+:class:`~fedcifar.track.rundir.RunDir`. Selection, weighting, aggregation, failure
+handling, metrics, export, checkpoints and exact resume live here, once, for every backend.
+
+A client that fails (its backend reports a :class:`~fedcifar.messages.ClientFailure`) is
+recorded in the round's row and left out. A round with fewer results than
+``min_fit_clients`` is skipped: the global weights and the strategy's state stay as they
+were, and the row says why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from fedcifar.config import Config
+from fedcifar.federation import client_instructions
+from fedcifar.messages import ClientFailure, ClientResult, Weights
+from fedcifar.server.backend import Backend, FitTask
+from fedcifar.server.rows import summary_line, test_row, train_row
+from fedcifar.strategy.base import FitRound, Strategy
+from fedcifar.strategy.population import Population
+from fedcifar.strategy.registry import SELECTORS
+from fedcifar.strategy.selection import SelectionContext
+from fedcifar.track.rundir import RunDir
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class Server:
+    """The server side of a federation: config, strategy, the clients' backend and what it knows of them."""
+
+    cfg: Config
+    strategy: Strategy
+    backend: Backend
+    population: Population
+
+    @property
+    def min_fit_clients(self) -> int:
+        return self.cfg.min_fit_clients or self.cfg.clients_per_round
+
+
+def select_clients(server: Server, server_round: int, global_weights: Weights) -> list[int]:
+    """The round's clients, from the configured selector (seeded by (seed, round))."""
+    cfg = server.cfg
+    losses = partial(server.backend.client_losses, server_round, global_weights)
+    ctx = SelectionContext(
+        server_round, cfg.seed, cfg.clients_per_round, server.population.sizes, cfg.poc_candidates, losses
+    )
+    return SELECTORS[cfg.client_selection](ctx)
+
+
+class _Arrivals:
+    """Hands results to the strategy as they arrive; keeps their metrics and the failures."""
+
+    def __init__(self, fit_round: FitRound, total: int, on_progress: Callable[[int, int, int, int], None]):
+        self.fit_round = fit_round
+        self.total = total
+        self.kept: list[ClientResult] = []
+        self.on_progress = on_progress
+        self.images = 0
+        self.waited = 0.0  # seconds spent waiting for the backend
+        self.exhausted = False
+
+    def __call__(self, items: Iterator[ClientResult | ClientFailure]) -> Iterator[ClientResult]:
+        self.on_progress(0, 0, self.total, 0)
+        while True:
+            t0 = time.perf_counter()
+            item = next(items, None)
+            self.waited += time.perf_counter() - t0
+            if item is None:
+                self.exhausted = True
+                return
+            if isinstance(item, ClientFailure):
+                self.fit_round.failures.append(item)
+            else:
+                self.kept.append(item.without_weights())
+                self.images += int(item.metrics.get("images", 0))
+            self.on_progress(len(self.kept), len(self.fit_round.failures), self.total, self.images)
+            if isinstance(item, ClientResult):
+                yield item
+
+
+def fit_round(
+    server: Server, server_round: int, clients: Sequence[int], global_weights: Weights, on_progress
+) -> tuple[Weights, dict[str, Any]]:
+    """Train ``clients`` through the backend and aggregate what arrives: new weights and the row."""
+    t0 = time.perf_counter()
+    strategy = server.strategy
+    before = strategy.state_dict()  # restored if the round is skipped
+    extra = strategy.configure_fit(server_round, list(clients))
+    tasks = [FitTask(c, client_instructions(server.cfg, server_round, c, extra.get(c, {}))) for c in clients]
+    factors = strategy.weighting.for_round(clients, server.population)
+    fit = FitRound(server_round, global_weights, factors)
+    arrivals = _Arrivals(fit, len(tasks), on_progress)
+    try:
+        new_weights = strategy.aggregate_fit(fit, arrivals(server.backend.fit(server_round, global_weights, tasks)))
+    except ValueError:  # the strategy found nothing to aggregate: a skipped round, if too few arrived
+        if not arrivals.exhausted or len(arrivals.kept) >= server.min_fit_clients:
+            raise
+    skipped = ""
+    if len(arrivals.kept) < server.min_fit_clients:
+        skipped = f"{len(arrivals.kept)} of {len(tasks)} clients returned, min_fit_clients is {server.min_fit_clients}"
+        strategy.load_state_dict(*before)
+        new_weights = global_weights
+    seconds = time.perf_counter() - t0
+    row = train_row(server_round, arrivals.kept, fit.failures, seconds, skipped)
+    broadcast = sum(r.metrics.get("setup_seconds", 0.0) for r in arrivals.kept) / max(server.backend.workers, 1)
+    row["overhead_seconds"] = seconds - arrivals.waited + broadcast
+    return new_weights, row
+
+
+def run_rounds(
+    server: Server,
+    run: RunDir,
+    global_weights: Weights,
+    start_round: int = 0,
+    *,
+    progress: bool = True,
+    callbacks: Sequence[RoundCallback] = (),
+) -> pd.DataFrame:
+    """Rounds ``start_round + 1`` to ``cfg.rounds``; returns the metrics of the whole run."""
+    cfg = server.cfg
+    rounds = range(start_round + 1, cfg.rounds + 1)
+    bar = tqdm(rounds, initial=start_round, total=cfg.rounds, desc="rounds", unit="round", disable=not progress)
+    for server_round in bar:
+        t0 = time.perf_counter()
+        clients = select_clients(server, server_round, global_weights)
+        report = partial(run.progress, server_round)
+        global_weights, row = fit_round(server, server_round, clients, global_weights, report)
+        if server_round % cfg.eval_every == 0 or server_round == cfg.rounds:
+            t_eval = time.perf_counter()
+            row.update(test_row(server.backend.evaluate(global_weights), server.population.label_counts))
+            row["eval_seconds"] = time.perf_counter() - t_eval
+        t_book = time.perf_counter()
+        row["round_seconds"] = t_book - t0  # up to the writes below
+        run.record(row, global_weights, server.strategy.state_dict())
+        if progress:
+            tqdm.write(summary_line(row, cfg.rounds))
+        # The writes after the row: not in metrics.csv, but callbacks (the benchmark) see them.
+        seen = {**row, "bookkeeping_seconds": time.perf_counter() - t_book}
+        for callback in callbacks:
+            callback(server_round, seen)
+    bar.close()
+    return run.frame

@@ -1,0 +1,109 @@
+"""The local backend: every client of a federation trained in this process, on a thread pool.
+
+The whole dataset sits on the device once; a client's data is an index tensor into it.
+Clients of a round are submitted largest first (see :func:`largest_first`) to a
+:class:`~fedcifar.sim.executor.ModelPool` of one model per worker, and their results come
+back in submission order, so a run is bit-for-bit reproducible whatever the timing. A client
+whose update raises is reported as a failure, with its reason, and the round goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import operator
+from collections.abc import Iterator, Sequence
+from functools import partial
+
+import torch
+
+from fedcifar.client.evaluate import EvalCounts, eval_counts
+from fedcifar.client.train import train_client
+from fedcifar.config import Config
+from fedcifar.data.cifar100 import Cifar100
+from fedcifar.data.partition import Partition
+from fedcifar.federation import client_seed, model_spec
+from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
+from fedcifar.runtime import Runtime
+from fedcifar.server.backend import FitTask
+from fedcifar.sim.executor import ModelPool, largest_first
+
+log = logging.getLogger("fedcifar.sim")
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class LocalBackend:
+    """Clients as index tensors into one in-memory dataset, trained by a pool of models."""
+
+    def __init__(self, cfg: Config, data: Cifar100, partition: Partition, runtime: Runtime) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.data = data.to(runtime.device)
+        self.client_indices = [torch.as_tensor(p, device=runtime.device) for p in partition]
+        self.test_x, self.test_y = self.data.test_x, self.data.test_y
+        if cfg.eval_limit:
+            self.test_x, self.test_y = self.test_x[: cfg.eval_limit], self.test_y[: cfg.eval_limit]
+        spec = model_spec(cfg)
+        self.pool = ModelPool(
+            lambda: runtime.prepare(spec.build(seed=cfg.seed)), runtime.workers, runtime.new_stream, runtime.stream
+        )
+        self.workers = runtime.workers
+
+    def client_data(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.client_indices[client_id]
+        return self.data.train_x[idx], self.data.train_y[idx]
+
+    def _train(
+        self, global_weights: Weights, client_id: int, instructions: ClientInstructions, model
+    ) -> ClientResult | ClientFailure:
+        images, labels = self.client_data(client_id)
+        try:
+            return train_client(model, global_weights, images, labels, instructions, self.runtime, client_id)
+        except Exception as exc:  # one client's failure must not end the round
+            log.warning("client %d failed in training", client_id, exc_info=True)
+            return ClientFailure(client_id, one_line(exc))
+
+    def fit(
+        self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask]
+    ) -> Iterator[ClientResult | ClientFailure]:
+        order = largest_first([len(self.client_indices[t.client_id]) for t in tasks])
+        jobs = [partial(self._train, global_weights, tasks[i].client_id, tasks[i].instructions) for i in order]
+        return self.pool.map(jobs)
+
+    def evaluate(self, weights: Weights) -> EvalCounts:
+        """``weights`` on the test set, each worker on a contiguous shard (the counts add up exactly)."""
+        n, workers = len(self.test_y), self.pool.workers
+        bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
+        run = partial(eval_counts, weights=weights, runtime=self.runtime, batch_size=self.cfg.eval_batch_size)
+        jobs = [partial(run, images=self.test_x[a:b], labels=self.test_y[a:b]) for a, b in bounds if b > a]
+        return functools.reduce(operator.add, self.pool.map(jobs))
+
+    def client_losses(self, server_round: int, weights: Weights, client_ids: Sequence[int]) -> list[float]:
+        """Loss of ``weights`` on each client's training images (a seeded subset if poc_samples > 0).
+
+        No BatchNorm folding here: a folded copy per client would cost more than it saves.
+        """
+        cfg = self.cfg
+        run = partial(eval_counts, weights=weights, runtime=self.runtime, batch_size=cfg.eval_batch_size, fold_bn=False)
+        jobs = []
+        for cid in client_ids:
+            images, labels = self.client_data(cid)
+            if 0 < cfg.poc_samples < len(labels):
+                g = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, cid) + 1)
+                idx = torch.randperm(len(labels), generator=g)[: cfg.poc_samples].to(labels.device)
+                images, labels = images[idx], labels[idx]
+            jobs.append(partial(run, images=images, labels=labels))
+        return [counts.scores()["loss"] for counts in self.pool.map(jobs)]
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,119 @@
+"""The run directory: everything a run writes, in one place.
+
+A round is recorded in this order: its row in ``metrics.csv``, the plots, the exported
+model (``model_global.safetensors`` and ``.pth``), then the resume checkpoint. The
+checkpoint comes last, so it marks the round complete; a resumed run drops metric rows past
+it. ``progress.json`` says how far the round in progress is, for the dashboard; it is
+rewritten (atomically) as each client's result arrives. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedcifar.config import Config, config_from_dict, save_yaml
+from fedcifar.data.partition import Partition, class_counts
+from fedcifar.messages import Weights
+from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
+from fedcifar.track.io import atomic_path, atomic_write_text
+from fedcifar.track.metrics import PROGRESS_FILE, MetricsLog
+from fedcifar.track.plots import plot_curves, plot_partition
+
+PARTITION_CSV = "partition.csv"
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The last complete round of a run directory: where a resumed run continues from."""
+
+    round: int
+    weights: Weights
+    strategy_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    strategy_meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's whole document
+
+
+def write_partition(partition: Partition, labels: np.ndarray, out_dir: Path, title: str = "") -> np.ndarray:
+    """Write ``partition.csv`` (clients x classes counts) and ``partition.png``."""
+    counts = class_counts(labels, partition, num_classes=100)
+    frame = pd.DataFrame(counts, columns=[f"class_{c}" for c in range(counts.shape[1])])
+    frame.insert(0, "client", range(len(partition)))
+    frame.insert(1, "total", counts.sum(axis=1))
+    with atomic_path(out_dir / PARTITION_CSV) as tmp:
+        frame.to_csv(tmp, index=False)
+    plot_partition(counts, out_dir / "partition.png", title)
+    return counts
+
+
+class RunDir:
+    """Writes one federated run's directory; :meth:`open` starts it or picks it up."""
+
+    def __init__(self, path: Path, cfg: Config, model_info: Mapping[str, Any], log: MetricsLog) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.model_info = dict(model_info)
+        self.log = log
+
+    @classmethod
+    def open(cls, path: str | Path, cfg: Config, model_info: Mapping[str, Any], resume: bool) -> tuple[RunDir, Resumed]:
+        """Start a run in ``path``, or continue its checkpoint (only ``rounds`` may differ)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        resumed = Resumed(0, {})
+        if resume:
+            ckpt = load_checkpoint(path)
+            if config_from_dict(ckpt.meta["config"]).replace(rounds=cfg.rounds) != cfg:
+                raise CheckpointError(f"config differs from the checkpoint's in {path}; only rounds may change")
+            resumed = Resumed(ckpt.round, ckpt.weights, ckpt.strategy_tensors, ckpt.meta.get("strategy", {}), ckpt.meta)
+            log = MetricsLog.resume(path, ckpt.round)
+        else:
+            log = MetricsLog(path)
+        save_yaml(cfg, path / "config.yaml")
+        return cls(path, cfg, model_info, log), resumed
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.log.frame
+
+    def write_partition(self, partition: Partition, labels: np.ndarray, overwrite: bool = True) -> None:
+        """The partition's table and figure (kept if present and not ``overwrite``, as on resume)."""
+        if overwrite or not (self.path / PARTITION_CSV).exists():
+            title = f"{self.cfg.partitioner} partition, {self.cfg.num_clients} clients"
+            write_partition(partition, labels, self.path, title)
+
+    def progress(self, server_round: int, done: int, failed: int, total: int, images: int) -> None:
+        doc = {
+            "round": server_round,
+            "clients_done": done,
+            "clients_failed": failed,
+            "clients_total": total,
+            "images": images,
+            "time": time.time(),
+        }
+        atomic_write_text(self.path / PROGRESS_FILE, json.dumps(doc))
+
+    def record(
+        self,
+        row: dict[str, Any],
+        weights: Mapping[str, torch.Tensor],
+        strategy_state: tuple[Weights, dict[str, Any]],
+        extra_meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write a finished round: metrics row, plots, exported model, then the checkpoint."""
+        self.log.append(row)
+        plot_curves(self.log.frame, self.path)
+        tested = self.log.frame["test_acc"].dropna() if "test_acc" in self.log.frame else pd.Series(dtype=float)
+        info = {**self.model_info, "round": row["round"], "test_acc": float(tested.iloc[-1]) if len(tested) else None}
+        export_global(self.path, weights, info)
+        tensors, meta = strategy_state
+        doc = {"config": self.cfg.to_dict(), "model": self.model_info, "strategy": meta, **(extra_meta or {})}
+        save_checkpoint(self.path, row["round"], weights, tensors, doc)
