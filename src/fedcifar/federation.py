@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedcifar.config import Config
 from fedcifar.data.partition import Partition, make_partition
@@ -55,3 +56,11 @@ def client_instructions(cfg: Config, server_round: int, client_id: int, extra: d
         optimizer=cfg.client_optimizer,
         **extra,
     )
+
+
+def loss_sample(cfg: Config, server_round: int, client_id: int, n: int) -> torch.Tensor | None:
+    """Which of a client's ``n`` images power-of-choice scores it on: a seeded subset, or None for all."""
+    if not 0 < cfg.poc_samples < n:
+        return None
+    g = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, client_id) + 1)
+    return torch.randperm(n, generator=g)[: cfg.poc_samples]

@@ -17,19 +17,22 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
+from fedcifar.client.train import read_weights
 from fedcifar.config import Config
-from fedcifar.federation import client_instructions
+from fedcifar.federation import client_instructions, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.server.backend import Backend, FitTask
 from fedcifar.server.rows import summary_line, test_row, train_row
 from fedcifar.strategy.base import FitRound, Strategy
 from fedcifar.strategy.population import Population
-from fedcifar.strategy.registry import SELECTORS
+from fedcifar.strategy.registry import SELECTORS, build_strategy
 from fedcifar.strategy.selection import SelectionContext
 from fedcifar.track.rundir import RunDir
 
@@ -153,3 +156,31 @@ def run_rounds(
             callback(server_round, seen)
     bar.close()
     return run.frame
+
+
+def run_federation(
+    cfg: Config,
+    run_dir: str | Path,
+    backend: Backend,
+    population: Population,
+    *,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    callbacks: Sequence[RoundCallback] = (),
+) -> pd.DataFrame:
+    """Train ``cfg.rounds`` rounds into ``run_dir`` through ``backend`` (continuing it if ``resume``).
+
+    Whatever runs the clients, this is the whole server: the run directory, the strategy and
+    its resumed state, the initial model (from ``cfg.seed``) and the round loop.
+    """
+    strategy = build_strategy(cfg)
+    run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume)
+    if resumed.round:
+        weights = {k: v.to(device) for k, v in resumed.weights.items()}
+        strategy.load_state_dict({k: v.to(device) for k, v in resumed.strategy_tensors.items()}, resumed.strategy_meta)
+    else:
+        weights = read_weights(model_spec(cfg).build(seed=cfg.seed).to(device))
+    strategy.setup(population)
+    server = Server(cfg, strategy, backend, population)
+    return run_rounds(server, run, weights, resumed.round, progress=progress, callbacks=callbacks)

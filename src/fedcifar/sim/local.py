@@ -22,7 +22,7 @@ from fedcifar.client.train import train_client
 from fedcifar.config import Config
 from fedcifar.data.cifar100 import Cifar100
 from fedcifar.data.partition import Partition
-from fedcifar.federation import client_seed, model_spec
+from fedcifar.federation import loss_sample, model_spec
 from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
@@ -92,9 +92,9 @@ class LocalBackend:
         jobs = []
         for cid in client_ids:
             images, labels = self.client_data(cid)
-            if 0 < cfg.poc_samples < len(labels):
-                g = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, cid) + 1)
-                idx = torch.randperm(len(labels), generator=g)[: cfg.poc_samples].to(labels.device)
+            idx = loss_sample(cfg, server_round, cid, len(labels))
+            if idx is not None:
+                idx = idx.to(labels.device)
                 images, labels = images[idx], labels[idx]
             jobs.append(partial(run, images=images, labels=labels))
         return [counts.scores()["loss"] for counts in self.pool.map(jobs)]

@@ -43,15 +43,20 @@ class Resumed:
 
 
 def write_partition(partition: Partition, labels: np.ndarray, out_dir: Path, title: str = "") -> np.ndarray:
-    """Write ``partition.csv`` (clients x classes counts) and ``partition.png``."""
+    """Write ``partition.csv`` (clients x classes counts) and ``partition.png``; return the counts."""
     counts = class_counts(labels, partition, num_classes=100)
-    frame = pd.DataFrame(counts, columns=[f"class_{c}" for c in range(counts.shape[1])])
-    frame.insert(0, "client", range(len(partition)))
-    frame.insert(1, "total", counts.sum(axis=1))
-    with atomic_path(out_dir / PARTITION_CSV) as tmp:
-        frame.to_csv(tmp, index=False)
-    plot_partition(counts, out_dir / "partition.png", title)
+    write_class_counts(counts, out_dir, title)
     return counts
+
+
+def write_class_counts(counts: np.ndarray, out_dir: Path, title: str = "") -> None:
+    """``partition.csv`` and ``partition.png`` from a clients x classes table of sample counts."""
+    frame = pd.DataFrame(counts, columns=[f"class_{c}" for c in range(counts.shape[1])])
+    frame.insert(0, "client", range(len(counts)))
+    frame.insert(1, "total", counts.sum(axis=1))
+    with atomic_path(Path(out_dir) / PARTITION_CSV) as tmp:
+        frame.to_csv(tmp, index=False)
+    plot_partition(counts, Path(out_dir) / "partition.png", title)
 
 
 class RunDir:
@@ -83,12 +88,6 @@ class RunDir:
     @property
     def frame(self) -> pd.DataFrame:
         return self.log.frame
-
-    def write_partition(self, partition: Partition, labels: np.ndarray, overwrite: bool = True) -> None:
-        """The partition's table and figure (kept if present and not ``overwrite``, as on resume)."""
-        if overwrite or not (self.path / PARTITION_CSV).exists():
-            title = f"{self.cfg.partitioner} partition, {self.cfg.num_clients} clients"
-            write_partition(partition, labels, self.path, title)
 
     def progress(self, server_round: int, done: int, failed: int, total: int, images: int) -> None:
         doc = {
