@@ -100,12 +100,16 @@ def cmd_partition(args: argparse.Namespace) -> int:
     labels = data.train_y.numpy()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    counts = write_partition(
-        partition_for(cfg, labels), labels, out, f"{cfg.partitioner} partition, {cfg.num_clients} clients"
-    )
+    partition = partition_for(cfg, labels)
+    counts = write_partition(partition, labels, out, f"{cfg.partitioner} partition, {cfg.num_clients} clients")
     print(
         f"wrote {out / 'partition.csv'} and {out / 'partition.png'}: {len(counts)} clients, sizes {counts.sum(1).min()}-{counts.sum(1).max()}"
     )
+    if args.export:
+        from fedcifar.data.shards import export_shards
+
+        paths = export_shards(data.train_x, data.train_y, partition, args.export)
+        print(f"wrote {len(paths)} client shards to {args.export} (one file per client, with a checksum)")
     return 0
 
 
@@ -196,6 +200,7 @@ def _add_part_parser(sub: argparse._SubParsersAction) -> None:
     part.add_argument("--partitioner", default="dirichlet", choices=["dirichlet", "iid", "shards"])
     part.add_argument("--min-size", type=int, default=10)
     part.add_argument("--out", required=True)
+    part.add_argument("--export", metavar="DIR", help="also write each client's shard to DIR (for SuperNodes)")
     _add_data_args(part)
     part.set_defaults(func=cmd_partition)
 

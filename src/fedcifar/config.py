@@ -65,6 +65,7 @@ class Config:
     rounds: int = 100
     clients_per_round: int = 16
     min_fit_clients: int = 0  # a round with fewer results is skipped (keeps the weights); 0 = clients_per_round
+    round_timeout: float = 0.0  # seconds a round waits for its clients (Flower backend); 0 = no limit
     # local training (the client's instructions)
     local_epochs: int = 2
     local_steps: int = 0  # > 0 replaces epochs by a fixed number of minibatches
@@ -290,6 +291,7 @@ def validate(cfg: Config) -> None:
         0 <= cfg.min_fit_clients <= cfg.clients_per_round,
         f"min_fit_clients must be in [0, clients_per_round = {cfg.clients_per_round}], got {cfg.min_fit_clients}",
     )
+    need(cfg.round_timeout >= 0, f"round_timeout must be >= 0 (0 = no limit), got {cfg.round_timeout}")
     need(cfg.local_epochs >= 1, "local_epochs must be >= 1")
     need(cfg.local_steps >= 0, "local_steps must be >= 0")
     need(cfg.batch_size >= 1, "batch_size must be >= 1")

@@ -1,0 +1,140 @@
+"""FlowerBackend: the round loop's clients are SuperNodes, reached through a ServerApp's Grid.
+
+Each client is one node; the node's ``partition-id`` is the client id (node ids change
+whenever a SuperNode restarts, so they are looked up, not stored). Fit and loss queries are
+pushed to the nodes at once and their replies pulled as they arrive, so the loop folds each
+result as soon as it lands. A node that is not connected, sends an error reply or does not
+answer within ``round_timeout`` seconds becomes a :class:`~fedcifar.messages.ClientFailure`.
+The global test set stays with the server, which evaluates it itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedcifar.client.evaluate import EvalCounts, eval_counts
+from fedcifar.config import Config
+from fedcifar.federation import model_spec
+from fedcifar.flower import codec
+from fedcifar.messages import ClientFailure, ClientResult, Weights
+from fedcifar.runtime import Runtime
+from fedcifar.server.backend import FitTask
+from fedcifar.strategy.population import Population
+
+POLL_SECONDS = 0.05  # between pulls for replies (Flower's own send_and_receive sleeps 3 s)
+
+
+class NodesMissing(RuntimeError):
+    """Not every client of the federation has a connected SuperNode."""
+
+
+class FlowerBackend:
+    def __init__(self, grid: Grid, cfg: Config, test_x: torch.Tensor, test_y: torch.Tensor, runtime: Runtime) -> None:
+        self.grid = grid
+        self.cfg = cfg
+        self.runtime = runtime
+        self.test_x, self.test_y = test_x, test_y
+        if cfg.eval_limit:
+            self.test_x, self.test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
+        self.model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
+        self.nodes: dict[int, int] = {}  # client id -> node id
+        self.workers = cfg.clients_per_round
+
+    # -- talking to nodes ---------------------------------------------------------------------
+
+    def _exchange(self, messages: dict[int, Message], timeout: float) -> Iterator[tuple[int, Message | None, str]]:
+        """Push one message per client; yield (client, reply or None, failure reason) as replies land."""
+        ids = dict(zip(self.grid.push_messages(messages.values()), messages, strict=True))
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        while ids:
+            for reply in self.grid.pull_messages(list(ids)):
+                client = ids.pop(reply.metadata.reply_to_message_id, None)
+                if client is None:
+                    continue
+                if reply.has_error():
+                    yield client, None, str(reply.error.reason or f"error {reply.error.code}").splitlines()[0]
+                else:
+                    yield client, reply, ""
+            if ids and deadline is not None and time.monotonic() > deadline:
+                for client in ids.values():
+                    yield client, None, f"no reply within round_timeout={timeout:g} s"
+                return
+            if ids:
+                time.sleep(POLL_SECONDS)
+
+    def _message(self, client: int, content: RecordDict, kind: str, group: str) -> Message:
+        return Message(content, dst_node_id=self.nodes[client], message_type=kind, group_id=group)
+
+    def discover(self, wait_seconds: float = 120.0) -> Population:
+        """Ask every connected node who it is; wait until each of the config's clients answered."""
+        deadline = time.monotonic() + wait_seconds
+        sizes: dict[int, int] = {}
+        counts: dict[int, list[int]] = {}
+        wanted = set(range(self.cfg.num_clients))
+        while not wanted <= set(self.nodes):
+            if time.monotonic() > deadline:
+                missing = sorted(wanted - set(self.nodes))
+                raise NodesMissing(f"no SuperNode answered for clients {missing[:10]} within {wait_seconds:g} s")
+            known = set(self.nodes.values())
+            asked = {
+                node: Message(RecordDict({}), dst_node_id=node, message_type=MessageType.QUERY)
+                for node in self.grid.get_node_ids()
+                if node not in known
+            }
+            for node, reply, _ in self._exchange(asked, timeout=30):
+                if reply is not None:
+                    m = reply.content[codec.METRICS]
+                    client = int(m["client_id"])
+                    self.nodes[client] = node
+                    sizes[client], counts[client] = int(m["num_examples"]), list(m["label_counts"])
+            time.sleep(0 if wanted <= set(self.nodes) else 1.0)
+        ids = sorted(wanted)
+        return Population(np.array([sizes[c] for c in ids]), np.array([counts[c] for c in ids], dtype=np.int64))
+
+    # -- the Backend interface ----------------------------------------------------------------
+
+    def fit(
+        self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask]
+    ) -> Iterator[ClientResult | ClientFailure]:
+        messages = {}
+        for task in tasks:
+            if task.client_id in self.nodes:
+                content = codec.encode_fit(self.cfg, task.client_id, task.instructions, global_weights)
+                messages[task.client_id] = self._message(task.client_id, content, MessageType.TRAIN, str(server_round))
+            else:
+                yield ClientFailure(task.client_id, "no SuperNode for this client")
+        for client, reply, reason in self._exchange(messages, self.cfg.round_timeout):
+            if reply is None:
+                yield ClientFailure(client, reason)
+                continue
+            try:
+                yield codec.decode_result(reply.content)
+            except (KeyError, ValueError, TypeError) as exc:
+                yield ClientFailure(client, f"malformed reply: {type(exc).__name__}: {exc}")
+
+    def evaluate(self, weights: Weights) -> EvalCounts:
+        return eval_counts(self.model, weights, self.test_x, self.test_y, self.runtime, self.cfg.eval_batch_size)
+
+    def client_losses(self, server_round: int, weights: Weights, client_ids: Sequence[int]) -> list[float]:
+        """Each candidate's loss from an evaluate message; a node that fails is never picked (-inf)."""
+        messages = {
+            c: self._message(
+                c,
+                codec.encode_weights_query(self.cfg, weights, server_round=server_round),
+                MessageType.EVALUATE,
+                f"{server_round}-losses",
+            )
+            for c in client_ids
+            if c in self.nodes
+        }
+        losses = {c: float("-inf") for c in client_ids}
+        for client, reply, _ in self._exchange(messages, self.cfg.round_timeout):
+            if reply is not None:
+                losses[client] = float(reply.content[codec.METRICS]["loss"])
+        return [losses[c] for c in client_ids]

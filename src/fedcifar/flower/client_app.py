@@ -1,0 +1,107 @@
+"""The ClientApp: one SuperNode is one client, holding only its own shard.
+
+Its node config names the client (``partition-id``) and the folder of shards (``data-path``,
+written by ``fedcifar partition --export``). Each message is translated by
+:mod:`fedcifar.flower.codec` and handed to the same functions the local backend calls:
+``train_client`` for a fit, ``eval_counts`` for a loss query. A node whose shard is missing or
+corrupt logs one line and sends an error reply; the server records a failure for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import torch
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcifar.client.evaluate import eval_counts
+from fedcifar.client.train import train_client
+from fedcifar.config import Config
+from fedcifar.data.cifar100 import DataError
+from fedcifar.data.shards import load_shard, shard_path
+from fedcifar.federation import NUM_CLASSES, loss_sample, model_spec
+from fedcifar.flower import codec
+from fedcifar.runtime import Runtime, resolve_runtime
+
+log = logging.getLogger("fedcifar.flower")
+CLIENT_ERROR = 1  # Error.code of a reply whose client could not do its part (reason: one line)
+
+app = ClientApp()
+
+
+def node_client(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """This node's client id and its shard (images, labels)."""
+    try:
+        client_id = int(context.node_config["partition-id"])
+        folder = str(context.node_config["data-path"])
+    except (KeyError, ValueError):
+        raise DataError("node config needs partition-id=<int> and data-path=<folder of client shards>") from None
+    images, labels = _shard(folder, client_id)
+    return client_id, images, labels
+
+
+@cache
+def _shard(folder: str, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_shard(shard_path(folder, client_id), client_id)
+
+
+def client_runtime(cfg: Config) -> Runtime:
+    """One client per process: one worker, with the config's precision, layout and threads."""
+    runtime = resolve_runtime(cfg.replace(workers=1, compile="off"))
+    runtime.apply_global_settings()
+    return runtime
+
+
+def _fail(msg: Message, exc: Exception) -> Message:
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    log.error("fedcifar client: %s", reason)
+    return Message(Error(CLIENT_ERROR, reason), reply_to=msg)
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Who this node is: its client id, its size and its label histogram (for the server's population)."""
+    try:
+        client_id, _, labels = node_client(context)
+    except DataError as exc:
+        return _fail(msg, exc)
+    counts = torch.bincount(labels, minlength=NUM_CLASSES).tolist()
+    record = MetricRecord({"client_id": client_id, "num_examples": len(labels), "label_counts": counts})
+    return Message(RecordDict({codec.METRICS: record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    try:
+        client_id, images, labels = node_client(context)
+        cfg, wanted, instructions, weights = codec.decode_fit(msg.content)
+        if wanted != client_id:
+            raise DataError(f"this node holds client {client_id}, the server asked for client {wanted}")
+        runtime = client_runtime(cfg)
+        model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
+        result = train_client(model, weights, images, labels, instructions, runtime, client_id)
+    except (DataError, ValueError, RuntimeError, KeyError) as exc:
+        return _fail(msg, exc)
+    return Message(codec.encode_result(result), reply_to=msg)
+
+
+@app.evaluate()
+def local_loss(msg: Message, context: Context) -> Message:
+    """The loss of the sent weights on this node's training data (power-of-choice's question)."""
+    try:
+        client_id, images, labels = node_client(context)
+        cfg = codec.decode_config(msg.content)
+        server_round = int(msg.content[codec.CONFIG]["server_round"])
+        idx = loss_sample(cfg, server_round, client_id, len(labels))
+        if idx is not None:
+            images, labels = images[idx], labels[idx]
+        runtime = client_runtime(cfg)
+        model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
+        weights = codec.from_record(msg.content[codec.ARRAYS])
+        counts = eval_counts(model, weights, images, labels, runtime, cfg.eval_batch_size, fold_bn=False)
+    except (DataError, ValueError, RuntimeError, KeyError) as exc:
+        return _fail(msg, exc)
+    record = MetricRecord({"client_id": client_id, "loss": counts.scores()["loss"]})
+    return Message(RecordDict({codec.METRICS: record}), reply_to=msg)
