@@ -10,6 +10,7 @@ from pathlib import Path
 from fedcifar.bench.cli import add_bench_parser
 from fedcifar.config import PRESETS, ConfigError, build_config, config_from_dict, parse_overrides
 from fedcifar.errors import UserError
+from fedcifar.flower.cli import add_federation_parser
 from fedcifar.serve.cli import add_serve_parser
 
 EXIT_USAGE = 2
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(sub)
     _add_plot_parser(sub)
     add_serve_parser(sub)
+    add_federation_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""dummyflower: a Flower app that only checks the plumbing of a deployment."""
