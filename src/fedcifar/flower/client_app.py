@@ -10,7 +10,6 @@ corrupt logs one line and sends an error reply; the server records a failure for
 from __future__ import annotations
 
 import logging
-from functools import cache
 
 import torch
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
@@ -38,13 +37,8 @@ def node_client(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
         folder = str(context.node_config["data-path"])
     except (KeyError, ValueError):
         raise DataError("node config needs partition-id=<int> and data-path=<folder of client shards>") from None
-    images, labels = _shard(folder, client_id)
+    images, labels = load_shard(shard_path(folder, client_id), client_id)  # once: each message is a new process
     return client_id, images, labels
-
-
-@cache
-def _shard(folder: str, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return load_shard(shard_path(folder, client_id), client_id)
 
 
 def client_runtime(cfg: Config) -> Runtime:
