@@ -20,6 +20,7 @@ from fedcifar.client.train import train_client
 from fedcifar.config import Config
 from fedcifar.data.cifar100 import DataError
 from fedcifar.data.shards import load_shard, shard_path
+from fedcifar.errors import one_line
 from fedcifar.federation import NUM_CLASSES, loss_sample, model_spec
 from fedcifar.flower import codec
 from fedcifar.runtime import Runtime, resolve_runtime
@@ -49,7 +50,7 @@ def client_runtime(cfg: Config) -> Runtime:
 
 
 def _fail(msg: Message, exc: Exception) -> Message:
-    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    reason = one_line(exc)
     log.error("fedcifar client: %s", reason)
     return Message(Error(CLIENT_ERROR, reason), reply_to=msg)
 

@@ -22,6 +22,7 @@ from fedcifar.client.train import train_client
 from fedcifar.config import Config
 from fedcifar.data.cifar100 import Cifar100
 from fedcifar.data.partition import Partition
+from fedcifar.errors import one_line
 from fedcifar.federation import loss_sample, model_spec
 from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
 from fedcifar.runtime import Runtime
@@ -29,11 +30,6 @@ from fedcifar.server.backend import FitTask
 from fedcifar.sim.executor import ModelPool, largest_first
 
 log = logging.getLogger("fedcifar.sim")
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class LocalBackend:
