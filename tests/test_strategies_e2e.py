@@ -36,6 +36,8 @@ CASES = {
     "trimmed_mean": {"clients_per_round": 3, "trim_ratio": 0.34},
     "krum": {},
     "multikrum": {"clients_per_round": 3, "krum_select": 2},
+    "bulyan": {"clients_per_round": 3, "clip_norm": 5.0},
+    "geometric_median": {"geomed_iters": 3},
 }
 STATE_PREFIXES = {"fedavgm": ["velocity."], "fedadam": ["m.", "v."], "scaffold": ["c.", "store.", "fedbn."]}
 

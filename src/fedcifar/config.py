@@ -46,8 +46,12 @@ StrategyName = Literal[
     "trimmed_mean",
     "krum",
     "multikrum",
+    "bulyan",
+    "geometric_median",
 ]
 ClientSelection = Literal["uniform", "size_weighted", "power_of_choice"]
+FaultKind = Literal["raise", "nan", "hang"]
+Attack = Literal["none", "sign_flip", "scale", "gaussian", "label_flip"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class Config:
     rounds: int = 100
     clients_per_round: int = 16
     min_fit_clients: int = 0  # a round with fewer results is skipped (keeps the weights); 0 = clients_per_round
-    round_timeout: float = 0.0  # seconds a round waits for its clients (Flower backend); 0 = no limit
+    round_timeout: float = 0.0  # seconds a round waits for its clients (any backend); 0 = no limit
     # local training (the client's instructions)
     local_epochs: int = 2
     local_steps: int = 0  # > 0 replaces epochs by a fixed number of minibatches
@@ -88,12 +92,20 @@ class Config:
     beta2: float = 0.99  # fedadam, fedyogi
     tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity
     trim_ratio: float = 0.1  # trimmed_mean: fraction cut at each end, per coordinate
-    krum_byzantine: int = 0  # krum, multikrum: assumed number f of Byzantine clients
+    krum_byzantine: int = 0  # krum, multikrum, bulyan: assumed number f of Byzantine clients
     krum_select: int = 0  # multikrum: clients averaged; 0 = clients_per_round - f
+    geomed_iters: int = 10  # geometric_median: at most this many smoothed Weiszfeld steps
+    clip_norm: float = 0.0  # > 0 bounds each client's update norm before any aggregation rule (Sun et al. 2019)
     poc_candidates: int = 0  # power_of_choice: candidate set size d; 0 = min(num_clients, 2 * clients_per_round)
     poc_samples: int = 0  # power_of_choice: images per candidate for its loss; 0 = all (pow-d), > 0 = cpow-d
     disco_a: float = 0.5  # feddisco weighting: penalty on label discrepancy
     disco_b: float = 0.1  # feddisco weighting: offset
+    # fault injection and Byzantine clients (tests, demos and robustness studies; off by default)
+    fault_rate: float = 0.0  # fraction of client updates that fail, drawn from (seed, round, client)
+    fault_kind: FaultKind = "raise"  # raise an exception, return NaN weights, or hang (needs round_timeout)
+    attack: Attack = "none"  # what the malicious clients do, in their client update
+    attack_fraction: float = 0.0  # fraction of the population that is malicious (a fixed set drawn from seed)
+    attack_scale: float = 0.0  # strength; 0 = the attack's default (sign_flip 4, scale 10, gaussian 10)
     # evaluation
     eval_every: int = 1
     eval_limit: int = 0  # > 0 evaluates on the first N test images only (smoke/tests)
@@ -262,6 +274,22 @@ def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], No
     )
     need(cfg.poc_samples >= 0, "poc_samples must be >= 0")
     need(cfg.disco_a >= 0, "disco_a must be >= 0")
+    need(
+        cfg.strategy != "bulyan" or k >= 4 * f + 3,
+        f"bulyan needs clients_per_round >= 4 * krum_byzantine + 3, got {k} clients for f={f}",
+    )
+    need(cfg.geomed_iters >= 1, "geomed_iters must be >= 1")
+    need(cfg.clip_norm >= 0, f"clip_norm must be >= 0 (0 = off), got {cfg.clip_norm}")
+
+
+def _validate_faults(cfg: Config, need: typing.Callable[[bool, str], None]) -> None:
+    need(0 <= cfg.fault_rate <= 1, f"fault_rate must be in [0, 1], got {cfg.fault_rate}")
+    need(
+        cfg.fault_kind != "hang" or cfg.fault_rate == 0 or cfg.round_timeout > 0,
+        "fault_kind=hang needs round_timeout > 0 (a hung client would hold the round forever)",
+    )
+    need(0 <= cfg.attack_fraction <= 1, f"attack_fraction must be in [0, 1], got {cfg.attack_fraction}")
+    need(cfg.attack_scale >= 0, f"attack_scale must be >= 0 (0 = the attack's default), got {cfg.attack_scale}")
 
 
 def validate(cfg: Config) -> None:
@@ -302,3 +330,4 @@ def validate(cfg: Config) -> None:
     need(cfg.workers >= 0, "workers must be >= 0")
     need(cfg.threads_per_worker >= 0, "threads_per_worker must be >= 0")
     _validate_strategy_params(cfg, need)
+    _validate_faults(cfg, need)

@@ -44,8 +44,30 @@ def client_seed(seed: int, server_round: int, client_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
 
 
+def malicious_clients(cfg: Config) -> frozenset[int]:
+    """The fixed set of Byzantine clients: round(attack_fraction · N) of them, drawn from the seed."""
+    if cfg.attack == "none":
+        return frozenset()
+    count = round(cfg.attack_fraction * cfg.num_clients)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xB12]))
+    return frozenset(int(c) for c in rng.choice(cfg.num_clients, size=count, replace=False))
+
+
+def injected_fault(cfg: Config, server_round: int, client_id: int) -> str:
+    """The fault this client's update suffers this round ("" for none), drawn from (seed, round, client)."""
+    if cfg.fault_rate <= 0:
+        return ""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, server_round, client_id, 0xFA17]))
+    return cfg.fault_kind if rng.random() < cfg.fault_rate else ""
+
+
 def client_instructions(cfg: Config, server_round: int, client_id: int, extra: dict[str, Any]) -> ClientInstructions:
-    """The config's local-training settings for one client, plus the strategy's extras."""
+    """The config's local-training settings for one client, plus the strategy's extras.
+
+    A malicious client (see :func:`malicious_clients`) is told its attack, and a client drawn
+    for a fault its fault: the update carries them out (:mod:`fedcifar.client.adversary`).
+    """
+    malicious = client_id in malicious_clients(cfg)
     return ClientInstructions(
         seed=client_seed(cfg.seed, server_round, client_id),
         epochs=cfg.local_epochs,
@@ -54,6 +76,9 @@ def client_instructions(cfg: Config, server_round: int, client_id: int, extra: d
         lr=cfg.lr,
         augment=cfg.augment,
         optimizer=cfg.client_optimizer,
+        fault=injected_fault(cfg, server_round, client_id),
+        attack=cfg.attack if malicious else "none",
+        attack_scale=cfg.attack_scale,
         **extra,
     )
 

@@ -31,6 +31,10 @@ class ClientInstructions:
     control_server: Weights | None = None  # SCAFFOLD's c; None: SCAFFOLD is off
     control_client: Weights | None = None  # SCAFFOLD's c_i (missing names are zero)
     local_weights: Weights | None = None  # entries that replace the global ones (FedBN)
+    # Robustness studies (client/adversary.py): an injected fault, or this client's attack.
+    fault: str = ""  # "", "raise", "nan" or "hang"
+    attack: str = "none"  # "none", "sign_flip", "scale", "gaussian" or "label_flip"
+    attack_scale: float = 0.0  # 0 = the attack's default strength
 
 
 @dataclass

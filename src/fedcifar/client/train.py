@@ -8,6 +8,7 @@ reloaded from the global weights, never deep-copied.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedcifar.client.adversary import MODEL_ATTACKS, fail_after, fail_before, flip_labels, poison
 from fedcifar.client.hooks import LocalHooks, overlay_weights
 from fedcifar.data.augment import Normalize, random_crop_flip
+from fedcifar.federation import NUM_CLASSES
 from fedcifar.messages import ClientInstructions, ClientResult, Weights
 from fedcifar.runtime import Runtime
 
@@ -133,12 +136,17 @@ def train_client(
     instructions: ClientInstructions,
     runtime: Runtime,
     client_id: int = -1,
+    cancel: threading.Event | None = None,
 ) -> ClientResult:
     """Train ``model`` from ``global_weights`` on one client's uint8 images, as ``instructions`` say.
 
     Train loss and accuracy are averaged over the last local epoch (over every step when
-    ``steps`` is set), measured on the augmented batches as they are trained.
+    ``steps`` is set), measured on the augmented batches as they are trained. An injected
+    fault or an attack in the instructions is carried out here (``cancel`` releases a hang).
     """
+    fail_before(instructions.fault, cancel)
+    if instructions.attack == "label_flip":
+        labels = flip_labels(labels, NUM_CLASSES)
     start = time.perf_counter()
     device = runtime.device
     load_weights(model, global_weights)
@@ -167,6 +175,9 @@ def train_client(
     )
     t_read = time.perf_counter()
     weights = read_weights(model)
+    if instructions.attack in MODEL_ATTACKS:
+        weights = poison(global_weights, weights, instructions.attack, instructions.attack_scale, generator)
+    weights = fail_after(instructions.fault, weights)
     setup += time.perf_counter() - t_read
     metrics = {
         "train_loss": stats.loss,

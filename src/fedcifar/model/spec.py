@@ -15,6 +15,14 @@ from torch import nn
 
 from fedcifar.model.resnet import ARCHITECTURES, NORM_LAYERS, build_model
 
+STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_statistic(key: str) -> bool:
+    """A BatchNorm running statistic: a buffer estimated from data, not a trained parameter."""
+    return key.endswith(STATISTIC_SUFFIXES)
+
+
 # Files written before the `model` key existed name ResNet-18 this way.
 LEGACY_NAMES = {"resnet18-cifar": "resnet18"}
 

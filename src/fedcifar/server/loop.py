@@ -5,10 +5,10 @@ thread pool, or machines on a network) and writes through a
 :class:`~fedcifar.track.rundir.RunDir`. Selection, weighting, aggregation, failure
 handling, metrics, export, checkpoints and exact resume live here, once, for every backend.
 
-A client that fails (its backend reports a :class:`~fedcifar.messages.ClientFailure`) is
-recorded in the round's row and left out. A round with fewer results than
-``min_fit_clients`` is skipped: the global weights and the strategy's state stay as they
-were, and the row says why.
+A client that fails (its backend reports a :class:`~fedcifar.messages.ClientFailure`, or its
+result does not pass :mod:`fedcifar.server.checks`) is recorded in the round's row and left
+out. A round with fewer results than ``min_fit_clients``, or whose aggregate is not finite, is
+skipped: the global weights and the strategy's state stay as they were, and the row says why.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from fedcifar.client.train import read_weights
 from fedcifar.config import Config
-from fedcifar.federation import client_instructions, model_spec
+from fedcifar.federation import client_instructions, malicious_clients, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.server.backend import Backend, FitTask
+from fedcifar.server.checks import clip_update, non_finite, result_problem, update_norm
 from fedcifar.server.rows import summary_line, test_row, train_row
 from fedcifar.strategy.base import FitRound, Strategy
 from fedcifar.strategy.population import Population
@@ -63,11 +64,31 @@ def select_clients(server: Server, server_round: int, global_weights: Weights) -
     return SELECTORS[cfg.client_selection](ctx)
 
 
-class _Arrivals:
-    """Hands results to the strategy as they arrive; keeps their metrics and the failures."""
+def screen_result(cfg: Config, global_weights: Weights, result: ClientResult) -> ClientResult | ClientFailure:
+    """A result the strategy may see (its update clipped to ``clip_norm``), or why it is refused."""
+    problem = result_problem(result, global_weights)
+    if problem is not None:
+        return ClientFailure(result.client_id, problem)
+    norm = update_norm(global_weights, result.weights)
+    result.metrics["update_norm"] = norm
+    if cfg.clip_norm and norm > cfg.clip_norm:
+        result.weights = clip_update(global_weights, result.weights, cfg.clip_norm, norm)
+        result.metrics["clipped"] = 1.0
+    return result
 
-    def __init__(self, fit_round: FitRound, total: int, on_progress: Callable[[int, int, int, int], None]):
+
+class _Arrivals:
+    """Hands screened results to the strategy as they arrive; keeps their metrics and the failures."""
+
+    def __init__(
+        self,
+        fit_round: FitRound,
+        total: int,
+        on_progress: Callable[[int, int, int, int], None],
+        screen: Callable[[ClientResult], ClientResult | ClientFailure],
+    ):
         self.fit_round = fit_round
+        self.screen = screen
         self.total = total
         self.kept: list[ClientResult] = []
         self.on_progress = on_progress
@@ -84,6 +105,8 @@ class _Arrivals:
             if item is None:
                 self.exhausted = True
                 return
+            if isinstance(item, ClientResult):
+                item = self.screen(item)
             if isinstance(item, ClientFailure):
                 self.fit_round.failures.append(item)
             else:
@@ -105,7 +128,7 @@ def fit_round(
     tasks = [FitTask(c, client_instructions(server.cfg, server_round, c, extra.get(c, {}))) for c in clients]
     factors = strategy.weighting.for_round(clients, server.population)
     fit = FitRound(server_round, global_weights, factors)
-    arrivals = _Arrivals(fit, len(tasks), on_progress)
+    arrivals = _Arrivals(fit, len(tasks), on_progress, partial(screen_result, server.cfg, global_weights))
     try:
         new_weights = strategy.aggregate_fit(fit, arrivals(server.backend.fit(server_round, global_weights, tasks)))
     except ValueError:  # the strategy found nothing to aggregate: a skipped round, if too few arrived
@@ -114,10 +137,14 @@ def fit_round(
     skipped = ""
     if len(arrivals.kept) < server.min_fit_clients:
         skipped = f"{len(arrivals.kept)} of {len(tasks)} clients returned, min_fit_clients is {server.min_fit_clients}"
+    elif (bad := non_finite(new_weights)) is not None:
+        skipped = f"the aggregate has non-finite weights in {bad!r}"
+    if skipped:
         strategy.load_state_dict(*before)
         new_weights = global_weights
     seconds = time.perf_counter() - t0
     row = train_row(server_round, arrivals.kept, fit.failures, seconds, skipped)
+    row["malicious"] = " ".join(str(c) for c in clients if c in malicious_clients(server.cfg))
     broadcast = sum(r.metrics.get("setup_seconds", 0.0) for r in arrivals.kept) / max(server.backend.workers, 1)
     row["overhead_seconds"] = seconds - arrivals.waited + broadcast
     return new_weights, row

@@ -28,6 +28,7 @@ def train_row(
 ) -> dict[str, Any]:
     """Training columns from the results that arrived (metrics only) and the round's failures."""
     images = int(sum(r.metrics.get("images", 0.0) for r in results))
+    norms = [r.metrics["update_norm"] for r in results if "update_norm" in r.metrics]
     return {
         "round": server_round,
         "train_loss": _weighted(results, "train_loss"),
@@ -37,6 +38,8 @@ def train_row(
         "train_seconds": seconds,
         "images_per_sec": images / max(seconds, 1e-9),
         "clients": " ".join(str(r.client_id) for r in results),
+        "update_norm": float(np.median(norms)) if norms else float("nan"),  # the median client's
+        "clipped": sum(int(r.metrics.get("clipped", 0)) for r in results),
         "clients_failed": len(failures),
         "failures": "; ".join(f"{f.client_id}: {f.reason}" for f in failures),
         "skipped": skipped,

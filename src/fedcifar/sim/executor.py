@@ -9,9 +9,11 @@ are reloaded from the global weights by the task, never deep-copied.
 from __future__ import annotations
 
 import queue
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,6 +22,16 @@ from torch import nn
 
 R = TypeVar("R")
 Task = Callable[[nn.Module], R]
+
+
+class Late:
+    """Stands in for the result of a task that did not finish before the deadline."""
+
+    def __repr__(self) -> str:
+        return "LATE"
+
+
+LATE = Late()
 
 
 @dataclass
@@ -67,22 +79,44 @@ class ModelPool:
         """Run ``task`` on an idle model in the calling thread."""
         return self._call(task)
 
-    def map(self, tasks: Iterable[Task]) -> Iterator[R]:
+    def map(self, tasks: Iterable[Task], timeout: float = 0.0) -> Iterator[R | Late]:
         """Run tasks in parallel and yield their results in order.
 
         At most ``2 * workers`` tasks are in flight, so at most that many results (each a
-        full state dict) wait in memory, however many clients a round has.
+        full state dict) wait in memory, however many clients a round has. With a
+        ``timeout`` (seconds, 0 = none), every task not finished that long after the call
+        yields :data:`LATE` instead: queued ones are cancelled, running ones are abandoned
+        (they finish in the background and their results are dropped).
         """
+        deadline = time.monotonic() + timeout if timeout > 0 else None
         pending: deque[Future] = deque()
         it = iter(tasks)
         window = 2 * self.workers
+
+        def timed(task: Task) -> tuple[R, float]:
+            return self._call(task), time.monotonic()
+
+        def next_result() -> R | Late:
+            fut = pending.popleft()
+            if deadline is None:
+                return fut.result()
+            try:
+                result, finished = fut.result(timeout=max(deadline - time.monotonic(), 0.0))
+            except FutureTimeout:
+                fut.cancel()
+                return LATE
+            return result if finished <= deadline else LATE
+
         try:
             for task in it:
-                pending.append(self._executor.submit(self._call, task))
+                if deadline is not None and time.monotonic() >= deadline:
+                    yield LATE  # never started
+                    continue
+                pending.append(self._executor.submit(self._call if deadline is None else timed, task))
                 if len(pending) >= window:
-                    yield pending.popleft().result()
+                    yield next_result()
             while pending:
-                yield pending.popleft().result()
+                yield next_result()
         finally:
             for fut in pending:
                 fut.cancel()

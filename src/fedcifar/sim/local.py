@@ -4,7 +4,8 @@ The whole dataset sits on the device once; a client's data is an index tensor in
 Clients of a round are submitted largest first (see :func:`largest_first`) to a
 :class:`~fedcifar.sim.executor.ModelPool` of one model per worker, and their results come
 back in submission order, so a run is bit-for-bit reproducible whatever the timing. A client
-whose update raises is reported as a failure, with its reason, and the round goes on.
+whose update raises, or has not finished ``round_timeout`` seconds into the round, is reported
+as a failure, with its reason, and the round goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
+import threading
 from collections.abc import Iterator, Sequence
 from functools import partial
 
@@ -27,7 +29,7 @@ from fedcifar.federation import loss_sample, model_spec
 from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
-from fedcifar.sim.executor import ModelPool, largest_first
+from fedcifar.sim.executor import LATE, ModelPool, largest_first
 
 log = logging.getLogger("fedcifar.sim")
 
@@ -49,16 +51,22 @@ class LocalBackend:
         )
         self.workers = runtime.workers
 
+    @property
+    def _late_reason(self) -> str:
+        return f"no result within round_timeout={self.cfg.round_timeout:g}s"
+
     def client_data(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.client_indices[client_id]
         return self.data.train_x[idx], self.data.train_y[idx]
 
     def _train(
-        self, global_weights: Weights, client_id: int, instructions: ClientInstructions, model
+        self, global_weights: Weights, client_id: int, instructions: ClientInstructions, cancel: threading.Event, model
     ) -> ClientResult | ClientFailure:
+        if cancel.is_set():  # the round stopped waiting before this client could start
+            return ClientFailure(client_id, self._late_reason)
         images, labels = self.client_data(client_id)
         try:
-            return train_client(model, global_weights, images, labels, instructions, self.runtime, client_id)
+            return train_client(model, global_weights, images, labels, instructions, self.runtime, client_id, cancel)
         except Exception as exc:  # one client's failure must not end the round
             log.warning("client %d failed in training", client_id, exc_info=True)
             return ClientFailure(client_id, one_line(exc))
@@ -67,8 +75,16 @@ class LocalBackend:
         self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask]
     ) -> Iterator[ClientResult | ClientFailure]:
         order = largest_first([len(self.client_indices[t.client_id]) for t in tasks])
-        jobs = [partial(self._train, global_weights, tasks[i].client_id, tasks[i].instructions) for i in order]
-        return self.pool.map(jobs)
+        cancel = threading.Event()  # set when the round stops waiting: releases injected hangs
+        jobs = [partial(self._train, global_weights, tasks[i].client_id, tasks[i].instructions, cancel) for i in order]
+        try:
+            for i, item in zip(order, self.pool.map(jobs, self.cfg.round_timeout), strict=True):
+                if item is LATE:
+                    cancel.set()
+                    item = ClientFailure(tasks[i].client_id, self._late_reason)
+                yield item
+        finally:
+            cancel.set()
 
     def evaluate(self, weights: Weights) -> EvalCounts:
         """``weights`` on the test set, each worker on a contiguous shard (the counts add up exactly)."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from fedcifar.messages import Weights
+from fedcifar.model.spec import is_statistic
 
 
 def is_float(t: torch.Tensor) -> bool:
@@ -70,14 +71,6 @@ def weighted_mean(states: Iterable[Mapping[str, torch.Tensor]], factors: Iterabl
         first = first or state
         acc.add(state, float(p))
     return acc.result(like=first)
-
-
-STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def is_statistic(key: str) -> bool:
-    """A BatchNorm running statistic: a buffer estimated from data, not a trained parameter."""
-    return key.endswith(STATISTIC_SUFFIXES)
 
 
 def pseudo_gradient(global_weights: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> Weights:

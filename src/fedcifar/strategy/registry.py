@@ -10,7 +10,7 @@ from fedcifar.strategy.fedavg import FedAvg
 from fedcifar.strategy.fedbn import FedBN
 from fedcifar.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedcifar.strategy.fedprox import FedProx
-from fedcifar.strategy.robust import Krum, Median, TrimmedMean
+from fedcifar.strategy.robust import Bulyan, GeometricMedian, Krum, Median, TrimmedMean
 from fedcifar.strategy.scaffold import Scaffold
 from fedcifar.strategy.weighting import Weighting
 
@@ -37,6 +37,8 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "multikrum": lambda cfg: Krum(
         cfg.krum_byzantine, cfg.krum_select or cfg.clients_per_round - cfg.krum_byzantine, _weighting(cfg)
     ),
+    "bulyan": lambda cfg: Bulyan(cfg.krum_byzantine, _weighting(cfg)),
+    "geometric_median": lambda cfg: GeometricMedian(cfg.geomed_iters, _weighting(cfg)),
 }
 SELECTORS: dict[str, Callable[[selection.SelectionContext], list[int]]] = {
     "uniform": selection.select_uniform,

@@ -1,4 +1,5 @@
-"""Robust aggregation: coordinate-wise median and trimmed mean, Krum and Multi-Krum.
+"""Robust aggregation: coordinate-wise median and trimmed mean, Krum and Multi-Krum, Bulyan
+and the geometric median.
 
 - median (Yin et al. 2018): per coordinate, the median of the clients' values (the mean of
   the two middle ones for an even count, as numpy does).
@@ -7,8 +8,16 @@
 - krum / multikrum (Blanchard et al. 2017): score each client by the summed squared
   distance to its K - f - 2 nearest others (at least 1, as Flower does), keep the m clients
   with the lowest scores (m = 1 for Krum) and take their weighted mean.
+- bulyan (El Mhamdi et al. 2018): pick θ = K - 2f clients by Krum, one at a time, each time
+  among those not yet picked; then, per coordinate, average the β = θ - 2f picked values
+  closest to their median. It needs K >= 4f + 3; a round with fewer results assumes the
+  largest f it can, (K - 3) // 4.
+- geometric_median (RFA, Pillutla et al. 2022): the point z minimising Σ α_i ||z - w_i|| over
+  the clients' float entries taken as one vector, by the smoothed Weiszfeld algorithm:
+  z <- Σ β_i w_i / Σ β_i with β_i = α_i / max(ν, ||z - w_i||), from the weighted mean, until
+  the objective changes by less than a relative 1e-6 or ``iters`` steps are done.
 
-Median and trimmed mean ignore the aggregation factors (they are unweighted order statistics).
+Median, trimmed mean and Bulyan ignore the aggregation factors (they are unweighted order statistics).
 Integer counters take the max, as everywhere. Unlike FedAvg these rules need every client
 of the round at once, so they hold the round's K state dicts in memory.
 """
@@ -127,3 +136,79 @@ class Krum(RobustAggregate):
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         return {}, {"byzantine": self.byzantine, "keep": self.keep}
+
+
+def bulyan_select(sq_dist: Tensor, byzantine: int) -> list[int]:
+    """Bulyan's θ = K - 2f clients: Krum's choice, repeated on the clients not yet chosen."""
+    remaining = list(range(sq_dist.shape[0]))
+    chosen: list[int] = []
+    while len(chosen) < sq_dist.shape[0] - 2 * byzantine:
+        sub = sq_dist[remaining][:, remaining]
+        chosen.append(remaining.pop(krum_select(sub, byzantine, 1)[0]))
+    return sorted(chosen)
+
+
+def closest_to_median_mean(stack: Tensor, keep: int) -> Tensor:
+    """Per coordinate, the mean of the ``keep`` values of a (K, ...) stack closest to their median."""
+    distance = (stack - coordinate_median(stack)).abs()
+    nearest = distance.argsort(dim=0, stable=True)[:keep]
+    return stack.gather(0, nearest).mean(dim=0)
+
+
+def geometric_median(
+    stacks: Mapping[str, Tensor], alphas: Tensor, iters: int, nu: float = 1e-6, ftol: float = 1e-6
+) -> dict[str, Tensor]:
+    """Smoothed Weiszfeld on points given as per-entry (K, ...) float stacks; returns the median's entries."""
+    alphas = alphas.double() / alphas.double().sum()
+
+    def combine(beta: Tensor) -> dict[str, Tensor]:
+        b = (beta / beta.sum()).to(torch.float32)
+        return {k: torch.tensordot(b, x, dims=1) for k, x in stacks.items()}
+
+    def distances(z: Mapping[str, Tensor]) -> Tensor:
+        sq = sum((x - z[k]).reshape(x.shape[0], -1).double().square().sum(dim=1) for k, x in stacks.items())
+        return sq.sqrt()
+
+    z = combine(alphas)
+    dist = distances(z)
+    objective = float((alphas * dist).sum())
+    for _ in range(iters):
+        z = combine(alphas / dist.clamp_min(nu))
+        dist = distances(z)
+        previous, objective = objective, float((alphas * dist).sum())
+        if abs(previous - objective) <= ftol * objective:
+            break
+    return z
+
+
+class Bulyan(RobustAggregate):
+    def __init__(self, byzantine: int = 0, weighting: Weighting | None = None) -> None:
+        super().__init__(weighting)
+        self.byzantine = byzantine
+
+    def combine(self, global_weights, states, factors):
+        f = min(self.byzantine, max(len(states) - 3, 0) // 4)
+        chosen = bulyan_select(pairwise_sq_distances(states), f)
+        keep = len(chosen) - 2 * f
+        return coordinatewise([states[i] for i in chosen], global_weights, lambda s: closest_to_median_mean(s, keep))
+
+    def state_dict(self) -> tuple[Weights, dict[str, Any]]:
+        return {}, {"byzantine": self.byzantine}
+
+
+class GeometricMedian(RobustAggregate):
+    def __init__(self, iters: int = 10, weighting: Weighting | None = None) -> None:
+        super().__init__(weighting)
+        self.iters = iters
+
+    def combine(self, global_weights, states, factors):
+        floats = [k for k, v in global_weights.items() if is_float(v)]
+        stacks = {k: torch.stack([s[k] for s in states]).float() for k in floats}
+        median = geometric_median(stacks, torch.tensor(factors), self.iters)
+        out: Weights = {}
+        for key, ref in global_weights.items():
+            if key in median:
+                out[key] = median[key].to(ref.dtype)
+            else:
+                out[key] = torch.stack([s[key] for s in states]).max(dim=0).values
+        return out

@@ -1,0 +1,135 @@
+"""Bulyan, the geometric median (RFA) and update-norm clipping, each against a numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedcifar.messages import ClientResult
+from fedcifar.server.checks import clip_update, update_norm
+from fedcifar.strategy.base import FitRound
+from fedcifar.strategy.robust import Bulyan, GeometricMedian
+
+
+def _clients(k: int, seed: int, outliers: int = 0) -> list[dict[str, torch.Tensor]]:
+    rng = np.random.default_rng(seed)
+    states = []
+    for i in range(k):
+        shift = 50.0 if i < outliers else 0.0
+        states.append(
+            {
+                "conv.weight": torch.tensor(rng.normal(shift, 1.0, (3, 2)), dtype=torch.float32),
+                "bn.running_mean": torch.tensor(rng.normal(shift, 1.0, 4), dtype=torch.float32),
+                "bn.num_batches_tracked": torch.tensor(int(rng.integers(0, 9))),
+            }
+        )
+    return states
+
+
+def _flat(state) -> np.ndarray:
+    return np.concatenate([state[k].double().numpy().ravel() for k in ("conv.weight", "bn.running_mean")])
+
+
+def _unflat(vec: np.ndarray) -> dict[str, np.ndarray]:
+    return {"conv.weight": vec[:6].reshape(3, 2), "bn.running_mean": vec[6:]}
+
+
+def _aggregate(strategy, states, sizes):
+    results = [ClientResult(i, s, n) for i, (s, n) in enumerate(zip(states, sizes, strict=True))]
+    return strategy.aggregate_fit(FitRound(1, states[0]), iter(results))
+
+
+# --- numpy references, written from the papers ---
+
+
+def np_krum_pick(x: np.ndarray, f: int) -> int:
+    k = len(x)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    m = min(max(1, k - f - 2), k - 1)
+    scores = [np.sort(np.delete(d[i], i))[:m].sum() for i in range(k)]
+    return int(np.argmin(scores))
+
+
+def np_bulyan(x: np.ndarray, f: int) -> np.ndarray:
+    remaining = list(range(len(x)))
+    chosen = []
+    while len(chosen) < len(x) - 2 * f:
+        chosen.append(remaining.pop(np_krum_pick(x[remaining], f)))
+    sel = x[sorted(chosen)]
+    beta = len(sel) - 2 * f
+    med = np.median(sel, axis=0)
+    out = np.empty(x.shape[1])
+    for j in range(x.shape[1]):
+        nearest = np.argsort(np.abs(sel[:, j] - med[j]), kind="stable")[:beta]
+        out[j] = sel[nearest, j].mean()
+    return out
+
+
+def np_weiszfeld(x: np.ndarray, alpha: np.ndarray, iters: int, nu: float = 1e-6) -> np.ndarray:
+    alpha = alpha / alpha.sum()
+    z = alpha @ x
+    obj = (alpha * np.linalg.norm(x - z, axis=1)).sum()
+    for _ in range(iters):
+        beta = alpha / np.maximum(nu, np.linalg.norm(x - z, axis=1))
+        z = beta @ x / beta.sum()
+        new = (alpha * np.linalg.norm(x - z, axis=1)).sum()
+        if abs(obj - new) <= 1e-6 * new:
+            break
+        obj = new
+    return z
+
+
+@pytest.mark.parametrize(("k", "f", "outliers"), [(7, 1, 1), (11, 2, 2), (16, 3, 3), (5, 0, 0)])
+def test_bulyan_matches_the_numpy_reference_and_discards_outliers(k, f, outliers):
+    states = _clients(k, seed=k, outliers=outliers)
+    got = _aggregate(Bulyan(f), states, [10] * k)
+    want = _unflat(np_bulyan(np.stack([_flat(s) for s in states]), f))
+    for key, ref in want.items():
+        np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-5, atol=1e-5)
+        assert np.abs(got[key].numpy()).max() < 10  # the shifted clients (mean 50) had no say
+    counter = got["bn.num_batches_tracked"]  # the largest among the chosen clients, still an integer
+    assert counter.dtype == torch.int64 and int(counter) in {int(s["bn.num_batches_tracked"]) for s in states}
+
+
+def test_bulyan_with_too_few_results_assumes_the_largest_f_it_can():
+    states = _clients(7, seed=1, outliers=1)
+    got = _aggregate(Bulyan(byzantine=3), states, [1] * 7)  # 7 < 4*3+3: f falls to 1
+    want = _unflat(np_bulyan(np.stack([_flat(s) for s in states]), 1))
+    np.testing.assert_allclose(got["conv.weight"].numpy(), want["conv.weight"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("outliers", [0, 3])
+def test_geometric_median_matches_the_numpy_weiszfeld_reference(outliers):
+    states = _clients(9, seed=4, outliers=outliers)
+    sizes = [5, 10, 20, 5, 40, 8, 9, 30, 12]
+    got = _aggregate(GeometricMedian(iters=50), states, sizes)
+    want = _unflat(np_weiszfeld(np.stack([_flat(s) for s in states]), np.array(sizes, float), iters=50))
+    for key, ref in want.items():
+        np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-4, atol=1e-4)
+    if outliers:  # a third of the clients 50 away move the median by far less than the mean
+        mean = np.average(np.stack([_flat(s) for s in states]), axis=0, weights=sizes)
+        median = np.concatenate([got["conv.weight"].numpy().ravel(), got["bn.running_mean"].numpy()])
+        assert np.abs(median).max() < np.abs(mean).max() / 3
+
+
+def test_geometric_median_of_identical_clients_is_that_client():
+    state = _clients(1, seed=2)[0]
+    got = _aggregate(GeometricMedian(iters=5), [state] * 4, [1, 2, 3, 4])
+    torch.testing.assert_close(got["conv.weight"], state["conv.weight"])
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 3.0, 1e6])
+def test_clip_update_bounds_the_update_norm_like_numpy(max_norm):
+    rng = np.random.default_rng(0)
+    g = {k: torch.tensor(v, dtype=torch.float32) for k, v in _unflat(rng.normal(size=10)).items()}
+    w = {k: v + torch.tensor(rng.normal(size=v.shape), dtype=torch.float32) for k, v in g.items()}
+    g["n"] = w["n"] = torch.tensor(3)
+    delta = _flat(w) - _flat(g)
+    norm = update_norm(g, w)
+    assert norm == pytest.approx(np.linalg.norm(delta), rel=1e-6)
+    clipped = clip_update(g, w, max_norm, norm)
+    want = _flat(g) + delta * min(1.0, max_norm / np.linalg.norm(delta))
+    np.testing.assert_allclose(_flat(clipped), want, rtol=1e-5, atol=1e-6)
+    assert update_norm(g, clipped) == pytest.approx(min(max_norm, norm), rel=1e-5)
+    assert int(clipped["n"]) == 3
