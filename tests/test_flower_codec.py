@@ -28,11 +28,13 @@ def _same(a, b):
 def test_fit_instructions_survive_the_records_exactly(scaffold):
     cfg = build_config("smoke", None, {"strategy": "scaffold" if scaffold else "fedprox"})
     extra = {"control_server": _weights(1), "control_client": {}} if scaffold else {"proximal_mu": 0.25}
+    extra.update(fault="nan", attack="sign_flip", attack_scale=2.5)  # attacks and faults act on every backend
     instr = ClientInstructions(seed=2**32 - 5, epochs=1, steps=6, lr=1e-3, augment=False, optimizer="sgd", **extra)
     content = codec.encode_fit(cfg, 11, instr, _weights())
     got_cfg, client, got, weights = codec.decode_fit(content)
     assert got_cfg == cfg and client == 11
     _same(weights, _weights())
+    assert {"fault", "attack", "attack_scale"} <= set(codec.SCALAR_FIELDS)
     for name in codec.SCALAR_FIELDS:
         assert getattr(got, name) == getattr(instr, name), name
     if scaffold:
