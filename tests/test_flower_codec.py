@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, RecordDict
 
 from fedcifar.config import build_config
 from fedcifar.data.cifar100 import DataError
@@ -27,7 +28,7 @@ def _same(a, b):
 @pytest.mark.parametrize("scaffold", [False, True])
 def test_fit_instructions_survive_the_records_exactly(scaffold):
     cfg = build_config("smoke", None, {"strategy": "scaffold" if scaffold else "fedprox"})
-    extra = {"control_server": _weights(1), "control_client": {}} if scaffold else {"proximal_mu": 0.25}
+    extra = {"control_server": _weights(1), "local_bn": True} if scaffold else {"proximal_mu": 0.25}
     extra.update(fault="nan", attack="sign_flip", attack_scale=2.5)  # attacks and faults act on every backend
     instr = ClientInstructions(seed=2**32 - 5, epochs=1, steps=6, lr=1e-3, augment=False, optimizer="sgd", **extra)
     content = codec.encode_fit(cfg, 11, instr, _weights())
@@ -39,17 +40,31 @@ def test_fit_instructions_survive_the_records_exactly(scaffold):
         assert getattr(got, name) == getattr(instr, name), name
     if scaffold:
         _same(got.control_server, _weights(1))
-        assert got.control_client == {} and got.local_weights is None
+        assert got.local_bn is True
     else:
-        assert got.control_server is None
+        assert got.control_server is None and got.local_bn is False
 
 
-def test_results_survive_the_records_exactly():
-    result = ClientResult(5, _weights(2), 781, {"train_loss": 1.5, "images": 1562.0}, {"control": _weights(3)})
-    back = codec.decode_result(codec.encode_result(result))
+def test_results_survive_the_records_exactly_and_leave_the_clients_state_behind():
+    state = {"control": _weights(3), "local": _weights(4)}
+    extras = {"control_delta": _weights(5)}
+    result = ClientResult(5, _weights(2), 781, {"train_loss": 1.5, "images": 1562.0}, state, extras)
+    content = codec.encode_result(result)
+    back = codec.decode_result(content)
     assert (back.client_id, back.num_examples, back.metrics) == (5, 781, result.metrics)
     _same(back.weights, result.weights)
-    _same(back.state["control"], result.state["control"])
+    _same(back.extras["control_delta"], extras["control_delta"])
+    assert back.state == {} and sorted(content) == ["arrays", "extras.control_delta", "metrics"]  # c_i stays home
+
+
+def test_client_state_survives_a_nodes_context_exactly():
+    state = {"control": _weights(3), "local": _weights(4)}
+    records = RecordDict({"other-app": ConfigRecord({"x": 1}), **codec.state_records(state)})
+    back = codec.state_from_records(records)
+    assert sorted(back) == ["control", "local"]
+    _same(back["control"], state["control"])
+    _same(back["local"], state["local"])
+    assert codec.state_from_records(RecordDict()) == {}
 
 
 def test_shards_hold_each_client_alone_and_refuse_tampering(tmp_path):

@@ -21,7 +21,11 @@ from fedcifar.config import build_config
 from fedcifar.data.shards import export_shards
 from fedcifar.federation import partition_for
 from fedcifar.flower.deploy import Federation
+from fedcifar.runtime import resolve_runtime
+from fedcifar.server.loop import run_federation
 from fedcifar.sim.engine import run_training
+from fedcifar.sim.local import LocalBackend
+from fedcifar.strategy.population import Population
 from fedcifar.strategy.selection import uniform
 
 APP = Path(fedcifar.flower.__file__).parent / "app"
@@ -63,27 +67,65 @@ def _submit(fed, out: Path, **extra) -> pd.DataFrame:
     return pd.read_csv(out / "metrics.csv")
 
 
+def _same_weights(a: Path, b: Path) -> dict[str, torch.Tensor]:
+    """The two runs' exported global models, checked equal within the tolerance stated below."""
+    flower, simulated = load_file(a / "model_global.safetensors"), load_file(b / "model_global.safetensors")
+    assert flower.keys() == simulated.keys()
+    for k, v in simulated.items():
+        torch.testing.assert_close(flower[k], v, rtol=1e-6, atol=1e-6)
+    return flower
+
+
 def test_a_federation_over_tls_writes_a_complete_run_that_equals_the_local_one(federation, tmp_path, cifar):
-    frame = _submit(federation, tmp_path / "flower", rounds=1, precision="fp32")
+    # A robust strategy and loss-based selection (evaluate messages to every candidate) over the network.
+    extra = dict(rounds=1, precision="fp32", strategy="median", client_selection="power_of_choice")
+    frame = _submit(federation, tmp_path / "flower", **extra)
     for name in ("config.yaml", "partition.csv", "metrics.csv", "model_global.safetensors", "checkpoint.safetensors"):
         assert (tmp_path / "flower" / name).exists(), name
     assert frame["round"].tolist() == [1] and frame["clients_failed"].eq(0).all()
 
-    local = run_training(_cfg(rounds=1, precision="fp32"), tmp_path / "local", cifar, progress=False)
+    local = run_training(_cfg(**extra), tmp_path / "local", cifar, progress=False)
     assert sorted(str(frame["clients"].iloc[0]).split()) == sorted(str(local["clients"].iloc[0]).split())
     # Same clients, seeds, model and fp32 arithmetic on one thread each, so every client's update
-    # is bit-identical; only the order in which the server sums them differs (arrival order here,
-    # largest first locally): float32 rounding, about 1e-7 of a weight. A later round would train
+    # is bit-identical; only the order in which the server folds them can differ (arrival order
+    # here, largest first locally): for a weighted mean, float32 rounding of about 1e-7 of a
+    # weight (the median sorts, so it does not even see the order). A later round would train
     # from those weights, and Adam turns such differences into whole steps where a gradient is
-    # near zero, so the equivalence is checked on one round.
+    # near zero, so the equivalence of a multi-client round is checked on one round.
     assert frame["train_loss"].iloc[0] == local["train_loss"].iloc[0]
     for col in ("test_loss", "test_acc", "test_top5"):
         assert frame[col].iloc[0] == pytest.approx(local[col].iloc[0], rel=1e-5, abs=1e-6), col
-    flower = load_file(tmp_path / "flower" / "model_global.safetensors")
-    simulated = load_file(tmp_path / "local" / "model_global.safetensors")
-    assert flower.keys() == simulated.keys()
-    for k, v in simulated.items():
-        torch.testing.assert_close(flower[k], v, rtol=1e-6, atol=1e-6)
+    _same_weights(tmp_path / "flower", tmp_path / "local")
+
+
+def _forgetful_local_run(cfg, out: Path, cifar) -> None:
+    """``cfg`` on the local backend, its clients losing their state after every round (a SuperNode restart)."""
+    runtime = resolve_runtime(cfg)
+    runtime.apply_global_settings()
+    partition = partition_for(cfg, cifar.train_y.numpy())
+    population = Population.from_partition(cifar.train_y.numpy(), partition)
+    with LocalBackend(cfg, cifar, partition, runtime) as backend:
+        forget = lambda server_round, row: backend.clients.load_state_dict({})  # noqa: E731
+        run_federation(cfg, out, backend, population, device=runtime.device, progress=False, callbacks=(forget,))
+
+
+def test_scaffold_and_fedbn_state_stays_on_the_nodes_across_rounds(federation, tmp_path, cifar):
+    # One client a round, and seed 0 picks client 0 in rounds 1 and 2: round 2 trains from the c_i
+    # and BatchNorm layers that client 0 kept in its node's context.state in round 1. With one
+    # result a round the server's fold has no order, so the runs stay equal round after round.
+    extra = dict(rounds=2, clients_per_round=1, precision="fp32", strategy="scaffold", norm="fedbn")
+    cfg = _cfg(**extra)
+    assert uniform(3, 1, cfg.seed, 1) == uniform(3, 1, cfg.seed, 2)
+    frame = _submit(federation, tmp_path / "flower", **extra)
+    local = run_training(cfg, tmp_path / "local", cifar, progress=False)
+    assert frame["clients"].astype(str).tolist() == local["clients"].astype(str).tolist()
+    assert frame["clients_failed"].eq(0).all() and frame["train_loss"].tolist() == local["train_loss"].tolist()
+    flower = _same_weights(tmp_path / "flower", tmp_path / "local")
+    # The check can tell: a client that forgot its state in between ends far outside that tolerance.
+    _forgetful_local_run(cfg, tmp_path / "forgetful", cifar)
+    forgetful = load_file(tmp_path / "forgetful" / "model_global.safetensors")
+    gap = max((flower[k].float() - forgetful[k].float()).abs().max().item() for k in flower)
+    assert gap > 1e-3, gap
 
 
 def test_a_supernode_killed_mid_run_is_a_failure_and_the_run_goes_on(federation, tmp_path):

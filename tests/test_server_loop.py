@@ -45,8 +45,8 @@ class FailingBackend:
             weights = {k: v + cid for k, v in global_weights.items()}
             metrics = {"train_loss": float(cid), "train_acc": 0.5, "images": float(SIZES[cid])}
             scaffold = task.instructions.control_server is not None
-            state = {"control": {k: torch.full_like(v, cid) for k, v in weights.items()}} if scaffold else {}
-            yield ClientResult(cid, weights, int(SIZES[cid]), metrics, state)
+            extras = {"control_delta": {k: torch.full_like(v, cid) for k, v in weights.items()}} if scaffold else {}
+            yield ClientResult(cid, weights, int(SIZES[cid]), metrics, extras=extras)
 
     def evaluate(self, weights):
         return EvalCounts(2.0, 1, 2, 4, (1, 0), (2, 2))
@@ -114,7 +114,7 @@ def test_a_round_where_every_client_fails_is_skipped_not_a_crash(tmp_path):
 
 
 def test_a_strategy_error_is_not_mistaken_for_a_short_round(tmp_path):
-    class NoState(FailingBackend):  # SCAFFOLD needs its clients' control variates
+    class NoState(FailingBackend):  # SCAFFOLD needs its clients' control variate updates
         def fit(self, server_round, global_weights, tasks):
             for task in tasks:
                 yield ClientResult(task.client_id, dict(global_weights), 10, {"images": 10.0})

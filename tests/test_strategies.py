@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from fedcifar.client.hooks import batchnorm_keys
 from fedcifar.config import build_config
-from fedcifar.messages import ClientResult
+from fedcifar.messages import CONTROL_DELTA, ClientResult
 from fedcifar.model.resnet import build_model
 from fedcifar.strategy.aggregate import apply_update, pseudo_gradient
 from fedcifar.strategy.base import FitRound
 from fedcifar.strategy.fedavg import FedAvg
-from fedcifar.strategy.fedbn import FedBN, batchnorm_keys
+from fedcifar.strategy.fedbn import FedBN
 from fedcifar.strategy.fedopt import FedAdam, FedAvgM, adaptive_step
 from fedcifar.strategy.fedprox import FedProx
 from fedcifar.strategy.population import Population, label_discrepancy
@@ -29,7 +30,6 @@ from fedcifar.strategy.robust import (
     trimmed_mean,
 )
 from fedcifar.strategy.scaffold import Scaffold
-from fedcifar.strategy.store import ClientStore
 from fedcifar.strategy.weighting import Weighting, feddisco_factors
 from fedcifar.track.checkpoint import load_checkpoint, save_checkpoint
 
@@ -171,47 +171,53 @@ def test_fedprox_asks_clients_for_mu_and_aggregates_like_fedavg():
 # --- SCAFFOLD (server side; the client side is in test_strategies_client.py) ---------------
 
 
-def _scaffold_results(strategy, x, client_ids, seed):
+def _scaffold_results(strategy, x, client_ids, seed, c_i):
+    """Each client draws its c_i+ and sends Δc_i against its own ``c_i`` (numpy, updated here)."""
     config = strategy.configure_fit(seed, client_ids)
     results = []
     for cid in client_ids:
         g = torch.Generator().manual_seed(seed * 100 + cid)
         c_new = {k: torch.randn(3, generator=g) for k in ("conv.weight", "bn.weight", "bn.bias")}
-        results.append(ClientResult(cid, _client(x, seed * 100 + cid), 10 * (cid + 1), {}, {"control": c_new}))
+        delta = {k: t - torch.as_tensor(c_i[cid][k], dtype=torch.float32) for k, t in c_new.items()}
+        c_i[cid] = {k: _np(t) for k, t in c_new.items()}
+        results.append(
+            ClientResult(cid, _client(x, seed * 100 + cid), 10 * (cid + 1), {}, extras={CONTROL_DELTA: delta})
+        )
     return config, results
 
 
-def test_scaffold_updates_control_variates_and_keeps_c_the_mean_of_all_c_i():
+def test_scaffold_updates_c_from_the_clients_deltas_and_keeps_c_the_mean_of_all_c_i():
     n_clients, lr_g = 5, 0.5
     strategy = Scaffold(num_clients=n_clients, server_lr=lr_g)
     x = _global()
-    c_i = {cid: np.zeros(3) for cid in range(n_clients)}  # numpy reference of the client store
+    names = ("conv.weight", "bn.weight", "bn.bias")
+    c_i = {cid: {k: np.zeros(3) for k in names} for cid in range(n_clients)}  # what the clients keep
     c_np = np.zeros(3)
     for rnd, ids in enumerate(([0, 2], [2, 3], [0, 4]), start=1):
-        config, results = _scaffold_results(strategy, x, ids, rnd)
-        for cid in ids:  # the server sends (c, c_i) as they stood before the round
-            c, ci = config[cid]["control_server"], config[cid]["control_client"]
+        before = {cid: dict(c_i[cid]) for cid in ids}
+        config, results = _scaffold_results(strategy, x, ids, rnd, c_i)
+        for cid in ids:  # the server sends c as it stood before the round, and nothing per client
+            assert set(config[cid]) == {"control_server"}
+            c = config[cid]["control_server"]
             np.testing.assert_allclose(_np(c.get("conv.weight", torch.zeros(3))), c_np, atol=1e-6)
-            np.testing.assert_allclose(_np(ci.get("conv.weight", torch.zeros(3))), c_i[cid], atol=1e-6)
         sizes = np.array([r.num_examples for r in results], dtype=float)
         mean = sum(s * _np(r.weights["conv.weight"]) for s, r in zip(sizes / sizes.sum(), results, strict=True))
         x_np = _np(x["conv.weight"]) + lr_g * (mean - _np(x["conv.weight"]))
-        delta_c = sum(_np(r.state["control"]["conv.weight"]) - c_i[r.client_id] for r in results)
+        delta_c = sum(c_i[cid]["conv.weight"] - before[cid]["conv.weight"] for cid in ids)
         c_np = c_np + delta_c / n_clients
-        for r in results:
-            c_i[r.client_id] = _np(r.state["control"]["conv.weight"])
         x = aggregate(strategy, rnd, x, results)
         np.testing.assert_allclose(_np(x["conv.weight"]), x_np, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(_np(strategy.c["conv.weight"]), c_np, atol=1e-6)
-        np.testing.assert_allclose(c_np, np.mean([c_i[k] for k in range(n_clients)], axis=0), atol=1e-6)
-        assert set(strategy.store) == {cid for cid in c_i if c_i[cid].any()}
+        np.testing.assert_allclose(c_np, np.mean([c_i[k]["conv.weight"] for k in range(n_clients)], axis=0), atol=1e-6)
     assert "bn.running_mean" not in strategy.c  # control variates cover trained parameters only
+    tensors, _ = strategy.state_dict()
+    assert set(tensors) == {f"c.{k}" for k in names}  # the server holds c alone, no c_i
 
 
-def test_scaffold_refuses_a_client_without_control_state():
+def test_scaffold_refuses_a_client_without_a_control_variate_update():
     strategy = Scaffold(num_clients=2)
     strategy.configure_fit(1, [0])
-    with pytest.raises(ValueError, match="no SCAFFOLD control"):
+    with pytest.raises(ValueError, match="no SCAFFOLD control variate update"):
         aggregate(strategy, 1, _global(), _results(_global(), [4]))
 
 
@@ -309,31 +315,16 @@ def test_batchnorm_keys_of_resnet_are_exactly_its_bn_layers():
     assert batchnorm_keys(build_model("group").state_dict()) == []
 
 
-def test_fedbn_sends_each_client_its_own_bn_layers_and_aggregates_through_the_inner_strategy():
-    strategy = FedBN(FedAvg())
+def test_fedbn_tells_every_client_to_keep_its_bn_layers_and_aggregates_through_the_inner_strategy():
+    strategy = FedBN(FedProx(0.25))
     x = _global()
-    assert strategy.configure_fit(1, [0, 1]) == {}  # nobody has local layers yet
+    config = strategy.configure_fit(1, [0, 1])
+    assert config == {0: {"proximal_mu": 0.25, "local_bn": True}, 1: {"proximal_mu": 0.25, "local_bn": True}}
     results = _results(x, [10, 30])
     new = aggregate(strategy, 1, x, results)
     plain = aggregate(FedAvg(), 1, x, results)
-    assert all(torch.equal(new[k], plain[k]) for k in x)  # the global model: the inner aggregate
-    config = strategy.configure_fit(2, [1, 3])
-    assert set(config) == {1}
-    local = config[1]["local_weights"]
-    assert set(local) == {"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}
-    assert all(torch.equal(local[k], results[1].weights[k]) for k in local)
-
-
-def test_client_store_round_trip_and_ownership():
-    store = ClientStore()
-    t = {"a": torch.ones(2), "b.c": torch.zeros(1, dtype=torch.int64)}
-    store.put(3, t)
-    store.put(11, {"a": torch.full((2,), 2.0)})
-    flat = store.state_dict("s.")
-    assert set(flat) == {"s.3.a", "s.3.b.c", "s.11.a"}
-    other = ClientStore()
-    other.load_state_dict({**flat, "unrelated": torch.ones(1)}, "s.")
-    assert list(other) == [3, 11] and torch.equal(other.get(3)["b.c"], t["b.c"]) and other.get(5) is None
+    assert all(torch.equal(new[k], plain[k]) for k in x)  # the global model: the inner aggregate, BN included
+    assert strategy.state_dict() == ({}, {})  # no client's layers on the server
 
 
 # --- every strategy survives a checkpoint round-trip ------------------------------------------
@@ -345,11 +336,11 @@ def _fake_round(strategy, server_round, x):
     results = []
     for cid in ids:
         weights = _client(x, 1000 * server_round + cid)
-        state = {}
+        extras = {}
         if "control_server" in config.get(cid, {}):
             g = torch.Generator().manual_seed(server_round * 7 + cid)
-            state["control"] = {k: torch.randn(3, generator=g) for k in ("conv.weight", "bn.weight", "bn.bias")}
-        results.append(ClientResult(cid, weights, 10 + cid, {}, state))
+            extras[CONTROL_DELTA] = {k: torch.randn(3, generator=g) for k in ("conv.weight", "bn.weight", "bn.bias")}
+        results.append(ClientResult(cid, weights, 10 + cid, {}, extras=extras))
     new = aggregate(strategy, server_round, x, results)
     return new, config
 

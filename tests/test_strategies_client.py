@@ -90,7 +90,7 @@ def test_scaffold_client_corrects_its_step_and_returns_option_two_control_variat
     c_i = {"1.weight": 0.1 * torch.randn(start["1.weight"].shape, generator=g)}  # bias: c_i missing = 0
     lr = 0.05
     res = train_client(
-        model, start, images, labels, _instructions(steps=1, lr=lr, control_server=c, control_client=c_i), CPU
+        model, start, images, labels, _instructions(steps=1, lr=lr, control_server=c), CPU, state={"control": c_i}
     )
     x, y = _features(images), labels.numpy()
     w0, b0 = start["1.weight"].double().numpy(), start["1.bias"].double().numpy()
@@ -100,11 +100,15 @@ def test_scaffold_client_corrects_its_step_and_returns_option_two_control_variat
     # y = x - lr (g + c - c_i)
     np.testing.assert_allclose(res.weights["1.weight"].double().numpy(), w0 - lr * (gw + corr_w), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(res.weights["1.bias"].double().numpy(), b0 - lr * (gb + corr_b), rtol=1e-4, atol=1e-6)
-    # option II: c_i+ = c_i - c + (x - y)/(K lr), which for one SGD step is the gradient at x
+    # option II: c_i+ = c_i - c + (x - y)/(K lr), which for one SGD step is the gradient at x;
+    # the client keeps c_i+ and sends the server only Δc_i = c_i+ - c_i
     new = res.state["control"]
-    assert set(new) == {"1.weight", "1.bias"}
+    assert set(new) == {"1.weight", "1.bias"} and set(res.extras) == {"control_delta"}
     np.testing.assert_allclose(new["1.weight"].double().numpy(), gw, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(new["1.bias"].double().numpy(), gb, rtol=1e-3, atol=1e-5)
+    delta = res.extras["control_delta"]
+    assert torch.equal(delta["1.weight"], new["1.weight"] - c_i["1.weight"])
+    assert torch.equal(delta["1.bias"], new["1.bias"])  # a missing c_i entry is zero
 
 
 def test_scaffold_control_variate_over_several_steps_matches_the_formula():
@@ -113,18 +117,29 @@ def test_scaffold_control_variate_over_several_steps_matches_the_formula():
     start = read_weights(model)
     c = {"1.weight": torch.full_like(start["1.weight"], 0.01), "1.bias": torch.full_like(start["1.bias"], -0.02)}
     lr, steps = 0.01, 4
-    instr = _instructions(steps=steps, lr=lr, batch_size=4, optimizer="adam", control_server=c, control_client={})
+    instr = _instructions(steps=steps, lr=lr, batch_size=4, optimizer="adam", control_server=c)
     res = train_client(model, start, images, labels, instr, CPU)
     for k in c:
         expected = -c[k] + (start[k] - res.weights[k]) / (steps * lr)
         torch.testing.assert_close(res.state["control"][k], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_local_weights_replace_global_entries_before_training():
+def test_local_bn_layers_replace_global_entries_before_training_and_are_kept_after():
     images, labels = _data()
-    model = _model()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(CLASSES))
+    model(torch.zeros(2, 3, 32, 32))  # materialise the lazy layer
     start = read_weights(model)
-    local = {"1.bias": torch.full_like(start["1.bias"], 3.0)}
-    res = train_client(model, start, images, labels, _instructions(steps=1, lr=0.0, local_weights=local), CPU)
-    assert torch.equal(res.weights["1.bias"], local["1.bias"])  # lr 0: the overlay is what trained
-    assert torch.equal(res.weights["1.weight"], start["1.weight"])
+    bn = ["1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    own = {k: start[k] + 3 for k in bn}
+    instr = _instructions(steps=1, lr=0.0, local_bn=True)
+    res = train_client(model, start, images, labels, instr, CPU, state={"local": own, "other": {"x": torch.ones(1)}})
+    assert torch.equal(res.weights["1.weight"], own["1.weight"])  # lr 0: the overlay is what trained
+    assert torch.equal(res.weights["1.num_batches_tracked"], own["1.num_batches_tracked"] + 1)
+    assert torch.equal(res.weights["0.weight"], start["0.weight"])
+    assert sorted(res.state["local"]) == sorted(bn)  # the trained layers, kept for next time
+    assert all(torch.equal(res.state["local"][k], res.weights[k]) for k in bn)
+    assert torch.equal(res.state["other"]["x"], torch.ones(1)) and res.extras == {}  # untouched entries carry over
+    first = train_client(model, start, images, labels, instr, CPU)  # nothing kept yet: the global layers
+    assert torch.equal(first.weights["1.weight"], start["1.weight"])
+    plain = train_client(model, start, images, labels, _instructions(steps=1, lr=0.0), CPU, state={"local": own})
+    assert torch.equal(plain.weights["1.weight"], start["1.weight"]) and plain.state["local"] is own

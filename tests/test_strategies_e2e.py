@@ -39,7 +39,8 @@ CASES = {
     "bulyan": {"clients_per_round": 3, "clip_norm": 5.0},
     "geometric_median": {"geomed_iters": 3},
 }
-STATE_PREFIXES = {"fedavgm": ["velocity."], "fedadam": ["m.", "v."], "scaffold": ["c.", "store.", "fedbn."]}
+STATE_PREFIXES = {"fedavgm": ["velocity."], "fedadam": ["m.", "v."], "scaffold": ["c."]}
+CLIENT_STATE = {"scaffold": {"control", "local"}}  # what the clients keep (in the simulator's store)
 
 
 def _tiny(**over):
@@ -68,6 +69,8 @@ def test_strategy_trains_two_rounds_and_its_checkpoint_reloads(tmp_path, cifar, 
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     for prefix in STATE_PREFIXES.get(name, []):
         assert any(k.startswith(prefix) for k in ckpt.strategy_tensors), prefix
+    assert {k.split(".")[1] for k in ckpt.client_tensors} == CLIENT_STATE.get(name, set())
+    assert not any(k.startswith(("store.", "fedbn.")) for k in ckpt.strategy_tensors)  # no client state on the server
     fresh = build_strategy(cfg)
     fresh.load_state_dict(ckpt.strategy_tensors, ckpt.meta["strategy"])
     tensors, meta = fresh.state_dict()
@@ -102,7 +105,7 @@ def test_interrupted_and_resumed_stateful_run_equals_uninterrupted(tmp_path, cif
     pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
     a = load_file(tmp_path / "full" / "checkpoint.safetensors")
     b = load_file(tmp_path / "cut" / "checkpoint.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # weights and strategy state
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # weights, strategy and client state
 
 
 def test_compare_command_writes_table_and_plot_and_fedprox_mu0_equals_fedavg(tmp_path, capsys):

@@ -14,6 +14,14 @@ import torch
 Weights = dict[str, torch.Tensor]
 """A state dict: parameter or buffer name -> tensor. Scalar aggregation factors are not weights."""
 
+ClientState = dict[str, Weights]
+"""What a client keeps between the rounds it trains, by name: SCAFFOLD's ``"control"`` (c_i),
+FedBN's ``"local"`` (its BatchNorm layers). It lives with the client (the simulator's store, a
+SuperNode's ``context.state``); the server never holds it."""
+
+CONTROL, LOCAL = "control", "local"  # the ClientState entries of SCAFFOLD and FedBN
+CONTROL_DELTA = "control_delta"  # the ClientResult.extras entry of SCAFFOLD: Δc_i = c_i+ - c_i
+
 
 @dataclass(frozen=True)
 class ClientInstructions:
@@ -28,9 +36,8 @@ class ClientInstructions:
     optimizer: str = "adam"  # or "sgd" (plain)
     # Extras for other algorithms (client/hooks.py); the defaults leave plain FedAvg training.
     proximal_mu: float = 0.0  # FedProx
-    control_server: Weights | None = None  # SCAFFOLD's c; None: SCAFFOLD is off
-    control_client: Weights | None = None  # SCAFFOLD's c_i (missing names are zero)
-    local_weights: Weights | None = None  # entries that replace the global ones (FedBN)
+    control_server: Weights | None = None  # SCAFFOLD's c; None: SCAFFOLD is off (c_i is the client's own)
+    local_bn: bool = False  # FedBN: the client trains and keeps its own BatchNorm layers
     # Robustness studies (client/adversary.py): an injected fault, or this client's attack.
     fault: str = ""  # "", "raise", "nan" or "hang"
     attack: str = "none"  # "none", "sign_flip", "scale", "gaussian" or "label_flip"
@@ -45,10 +52,11 @@ class ClientResult:
     weights: Weights  # the trained state dict; the round loop drops it once it is folded in
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
-    state: dict[str, Weights] = field(default_factory=dict)  # client state to keep, e.g. "control"
+    state: ClientState = field(default_factory=dict)  # the client's state after the round: stays with the client
+    extras: dict[str, Weights] = field(default_factory=dict)  # for the server besides the weights: "control_delta"
 
     def without_weights(self) -> ClientResult:
-        """The metrics alone, for the round's record (weights and state are large)."""
+        """The metrics alone, for the round's record (weights, state and extras are large)."""
         return ClientResult(self.client_id, {}, self.num_examples, self.metrics)
 
 

@@ -2,12 +2,16 @@
 
 - FedProx (Li et al. 2020): ``proximal_mu`` adds μ(w - w_start) to each gradient, the
   gradient of (μ/2)||w - w_start||², before the optimizer step.
-- SCAFFOLD (Karimireddy et al. 2020): ``control_server`` and ``control_client`` carry c and
-  c_i (a missing name is zero). After each optimizer
-  step, w -= lr·(c - c_i). With plain SGD this is exactly the paper's y -= lr·(g - c_i + c);
-  with Adam the correction acts on the update rather than inside Adam's normalisation.
-  At the end the client returns option II's c_i+ = c_i - c + (w_start - w)/(K·lr) in
-  ``ClientResult.state["control"]``.
+- SCAFFOLD (Karimireddy et al. 2020): ``control_server`` carries c; c_i is the client's own,
+  ``state["control"]`` (a missing name is zero, so a client new to training starts at 0).
+  After each optimizer step, w -= lr·(c - c_i). With plain SGD this is exactly the paper's
+  y -= lr·(g - c_i + c); with Adam the correction acts on the update rather than inside
+  Adam's normalisation. At the end the client keeps option II's
+  c_i+ = c_i - c + (w_start - w)/(K·lr) as its new ``state["control"]`` and sends the server
+  only Δc_i = c_i+ - c_i (``ClientResult.extras["control_delta"]``), all the server needs.
+- FedBN (Li et al. 2021): with ``local_bn`` the client overlays its own BatchNorm layers
+  (``state["local"]``, from the last round it trained) on the global weights, and keeps the
+  trained ones. A client new to training starts from the global layers.
 
 w_start is the weights the client started from: the global model, with FedBN's local
 layers overlaid when those are in use.
@@ -15,12 +19,12 @@ layers overlaid when those are in use.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from fedcifar.messages import Weights
+from fedcifar.messages import CONTROL, CONTROL_DELTA, LOCAL, ClientState, Weights
 
 
 class LocalHooks:
@@ -38,6 +42,7 @@ class LocalHooks:
         self.params = [p for _, p in named]
         self.mu = proximal_mu
         self.scaffold = control_server is not None
+        self.control_client = dict(control_client or {})
         needs_start = proximal_mu > 0 or self.scaffold
         self.start = [p.detach().clone() for p in self.params] if needs_start else []
         self.correction: list[torch.Tensor] = []
@@ -63,16 +68,42 @@ class LocalHooks:
             torch._foreach_add_(self.params, self.correction, alpha=-lr)
 
     @torch.no_grad()
-    def state(self, steps: int, lr: float) -> dict[str, Weights]:
-        """Client state to keep: SCAFFOLD's c_i+ (option II), or nothing."""
+    def control_update(self, steps: int, lr: float) -> tuple[Weights, Weights] | None:
+        """SCAFFOLD's (c_i+, Δc_i = c_i+ - c_i) after ``steps`` steps (option II); None when off or idle."""
         if not self.scaffold or steps == 0:
-            return {}
+            return None
         scale = 1.0 / (steps * lr)
         c_new = {
             name: (s - p.detach()) * scale - corr
             for name, p, s, corr in zip(self.names, self.params, self.start, self.correction, strict=True)
         }
-        return {"control": c_new}
+        old = self.control_client
+        delta = {k: t - old[k].to(t.device) if k in old else t for k, t in c_new.items()}
+        return c_new, delta
+
+
+def batchnorm_keys(keys: Iterable[str]) -> list[str]:
+    """The state-dict entries of BatchNorm layers: every module that has a running_mean."""
+    keys = list(keys)
+    modules = {k.removesuffix("running_mean") for k in keys if k.endswith(".running_mean")}
+    return [k for k in keys if k[: k.rfind(".") + 1] in modules]
+
+
+def next_state(
+    state: ClientState, hooks: LocalHooks, weights: Weights, local_bn: bool, steps: int, lr: float
+) -> tuple[ClientState, dict[str, Weights]]:
+    """The client's state after its update, and the extras it sends the server.
+
+    Entries the update did not touch are carried over, so a client that trained no step keeps its c_i.
+    """
+    new = dict(state)
+    extras: dict[str, Weights] = {}
+    control = hooks.control_update(steps, lr)
+    if control is not None:
+        new[CONTROL], extras[CONTROL_DELTA] = control
+    if local_bn:
+        new[LOCAL] = {k: weights[k].clone() for k in batchnorm_keys(weights)}  # weights may be altered later
+    return new, extras
 
 
 def overlay_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:

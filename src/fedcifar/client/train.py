@@ -1,9 +1,11 @@
-"""The local update: global weights + client data + instructions -> new weights and metrics.
+"""The local update: global weights + client data + instructions + the client's own state
+-> new weights, metrics and the client's new state.
 
 Nothing here knows about rounds, workers or engines. A backend (the local thread pool, a
-Flower ClientApp) owns a model object, hands it in with the global weights, and gets a
-:class:`~fedcifar.messages.ClientResult` back. The model is reused between clients: it is
-reloaded from the global weights, never deep-copied.
+Flower ClientApp) owns a model object, hands it in with the global weights and the client's
+stored state, gets a :class:`~fedcifar.messages.ClientResult` back and stores its ``state``
+where the client lives. The model is reused between clients: it is reloaded from the global
+weights, never deep-copied.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import torch
 from torch import nn
 
 from fedcifar.client.adversary import MODEL_ATTACKS, fail_after, fail_before, flip_labels, poison
-from fedcifar.client.hooks import LocalHooks, overlay_weights
+from fedcifar.client.hooks import LocalHooks, next_state, overlay_weights
 from fedcifar.data.augment import Normalize, random_crop_flip
 from fedcifar.federation import NUM_CLASSES
-from fedcifar.messages import ClientInstructions, ClientResult, Weights
+from fedcifar.messages import CONTROL, LOCAL, ClientInstructions, ClientResult, ClientState, Weights
 from fedcifar.runtime import Runtime
 
 
@@ -136,13 +138,16 @@ def train_client(
     instructions: ClientInstructions,
     runtime: Runtime,
     client_id: int = -1,
+    state: ClientState | None = None,
     cancel: threading.Event | None = None,
 ) -> ClientResult:
     """Train ``model`` from ``global_weights`` on one client's uint8 images, as ``instructions`` say.
 
-    Train loss and accuracy are averaged over the last local epoch (over every step when
-    ``steps`` is set), measured on the augmented batches as they are trained. An injected
-    fault or an attack in the instructions is carried out here (``cancel`` releases a hang).
+    ``state`` is what the client kept from the last round it trained (None or empty: nothing
+    yet); the result's ``state`` replaces it. Train loss and accuracy are averaged over the
+    last local epoch (over every step when ``steps`` is set), measured on the augmented
+    batches as they are trained. An injected fault or an attack in the instructions is carried
+    out here (``cancel`` releases a hang).
     """
     fail_before(instructions.fault, cancel)
     if instructions.attack == "label_flip":
@@ -153,11 +158,12 @@ def train_client(
     setup = time.perf_counter() - start  # the weight broadcast, reported as round overhead
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     generator = torch.Generator(device=device).manual_seed(instructions.seed)
-    if instructions.local_weights:
-        overlay_weights(model, instructions.local_weights)
+    state = state or {}
+    if instructions.local_bn and LOCAL in state:
+        overlay_weights(model, state[LOCAL])
     optimizer_class = torch.optim.SGD if instructions.optimizer == "sgd" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=instructions.lr, fused=runtime.fused_optimizer)
-    hooks = LocalHooks(model, instructions.proximal_mu, instructions.control_server, instructions.control_client)
+    hooks = LocalHooks(model, instructions.proximal_mu, instructions.control_server, state.get(CONTROL))
     n = len(labels)
     batches = minibatches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator)
     stats = fit(
@@ -187,4 +193,5 @@ def train_client(
         "seconds": time.perf_counter() - start,
         "setup_seconds": setup,
     }
-    return ClientResult(client_id, weights, n, metrics, hooks.state(stats.steps, instructions.lr))
+    new_state, extras = next_state(state, hooks, weights, instructions.local_bn, stats.steps, instructions.lr)
+    return ClientResult(client_id, weights, n, metrics, new_state, extras)

@@ -5,6 +5,14 @@ written by ``fedcifar partition --export``). Each message is translated by
 :mod:`fedcifar.flower.codec` and handed to the same functions the local backend calls:
 ``train_client`` for a fit, ``eval_counts`` for a loss query. A node whose shard is missing or
 corrupt logs one line and sends an error reply; the server records a failure for it.
+
+The client's own state (SCAFFOLD's c_i, FedBN's BatchNorm layers) lives here, in
+``context.state``: read before the update, replaced by what it returns. Each message runs in a
+fresh ``flwr-clientapp`` process, which gets the node's context from the SuperNode and pushes
+it back when the message is done; the SuperNode keeps it in memory for the run's later
+messages. So it persists across rounds, and is lost when the SuperNode restarts (the client
+starts again from zero c_i and the global BatchNorm layers) or when a new run starts (a
+resumed run has a new run id). A failed update leaves it as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from fedcifar.data.shards import load_shard, shard_path
 from fedcifar.errors import one_line
 from fedcifar.federation import NUM_CLASSES, loss_sample, model_spec
 from fedcifar.flower import codec
+from fedcifar.messages import ClientState
 from fedcifar.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger("fedcifar.flower")
@@ -76,10 +85,20 @@ def train(msg: Message, context: Context) -> Message:
             raise DataError(f"this node holds client {client_id}, the server asked for client {wanted}")
         runtime = client_runtime(cfg)
         model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
-        result = train_client(model, weights, images, labels, instructions, runtime, client_id)
+        state = codec.state_from_records(context.state)
+        result = train_client(model, weights, images, labels, instructions, runtime, client_id, state)
     except (DataError, ValueError, RuntimeError, KeyError) as exc:
         return _fail(msg, exc)
+    keep_state(context, result.state)
     return Message(codec.encode_result(result), reply_to=msg)
+
+
+def keep_state(context: Context, state: ClientState) -> None:
+    """Replace this node's client state in ``context.state`` (Flower saves it after the message)."""
+    for key in [k for k in context.state if k.startswith(codec.STATE)]:
+        del context.state[key]
+    for key, record in codec.state_records(state).items():
+        context.state[key] = record
 
 
 @app.evaluate()

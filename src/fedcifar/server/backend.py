@@ -12,9 +12,11 @@ checkpoints stay in the loop, written once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import torch
 
 from fedcifar.client.evaluate import EvalCounts
 from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
@@ -42,3 +44,15 @@ class Backend(Protocol):
     def client_losses(self, server_round: int, weights: Weights, client_ids: Sequence[int]) -> list[float]:
         """The loss of ``weights`` on each listed client's training data (power-of-choice)."""
         ...
+
+
+@runtime_checkable
+class HoldsClientState(Protocol):
+    """A backend that keeps its clients' own state (the simulator), so the checkpoint must too.
+
+    Under Flower each SuperNode keeps its client's state itself, out of the server's reach.
+    """
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None: ...

@@ -28,7 +28,7 @@ from fedcifar.client.train import read_weights
 from fedcifar.config import Config
 from fedcifar.federation import client_instructions, malicious_clients, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
-from fedcifar.server.backend import Backend, FitTask
+from fedcifar.server.backend import Backend, FitTask, HoldsClientState
 from fedcifar.server.checks import clip_update, non_finite, result_problem, update_norm
 from fedcifar.server.rows import summary_line, test_row, train_row
 from fedcifar.strategy.base import FitRound, Strategy
@@ -174,7 +174,8 @@ def run_rounds(
             row["eval_seconds"] = time.perf_counter() - t_eval
         t_book = time.perf_counter()
         row["round_seconds"] = t_book - t0  # up to the writes below
-        run.record(row, global_weights, server.strategy.state_dict())
+        clients = server.backend.state_dict() if isinstance(server.backend, HoldsClientState) else {}
+        run.record(row, global_weights, server.strategy.state_dict(), client_state=clients)
         if progress:
             tqdm.write(summary_line(row, cfg.rounds))
         # The writes after the row: not in metrics.csv, but callbacks (the benchmark) see them.
@@ -206,6 +207,8 @@ def run_federation(
     if resumed.round:
         weights = {k: v.to(device) for k, v in resumed.weights.items()}
         strategy.load_state_dict({k: v.to(device) for k, v in resumed.strategy_tensors.items()}, resumed.strategy_meta)
+        if isinstance(backend, HoldsClientState):  # under Flower the nodes start a new run empty
+            backend.load_state_dict(resumed.client_tensors)
     else:
         weights = read_weights(model_spec(cfg).build(seed=cfg.seed).to(device))
     strategy.setup(population)

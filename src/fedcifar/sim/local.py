@@ -6,15 +6,22 @@ Clients of a round are submitted largest first (see :func:`largest_first`) to a
 back in submission order, so a run is bit-for-bit reproducible whatever the timing. A client
 whose update raises, or has not finished ``round_timeout`` seconds into the round, is reported
 as a failure, with its reason, and the round goes on.
+
+The backend also plays the clients' nodes in keeping each client's own state (SCAFFOLD's
+c_i, FedBN's layers) in a :class:`~fedcifar.sim.store.ClientStore`: handed to the client's
+update, replaced by what it returns as soon as it returns (as a SuperNode does, whatever the
+server then makes of the reply), and never passed to the server. The loop checkpoints it
+through :meth:`LocalBackend.state_dict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import operator
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 
 import torch
@@ -30,6 +37,7 @@ from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, W
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
 from fedcifar.sim.executor import LATE, ModelPool, largest_first
+from fedcifar.sim.store import ClientStore
 
 log = logging.getLogger("fedcifar.sim")
 
@@ -50,6 +58,7 @@ class LocalBackend:
             lambda: runtime.prepare(spec.build(seed=cfg.seed)), runtime.workers, runtime.new_stream, runtime.stream
         )
         self.workers = runtime.workers
+        self.clients = ClientStore()
 
     @property
     def _late_reason(self) -> str:
@@ -65,11 +74,16 @@ class LocalBackend:
         if cancel.is_set():  # the round stopped waiting before this client could start
             return ClientFailure(client_id, self._late_reason)
         images, labels = self.client_data(client_id)
+        state = self.clients.get(client_id)
         try:
-            return train_client(model, global_weights, images, labels, instructions, self.runtime, client_id, cancel)
+            result = train_client(
+                model, global_weights, images, labels, instructions, self.runtime, client_id, state, cancel
+            )
         except Exception as exc:  # one client's failure must not end the round
             log.warning("client %d failed in training", client_id, exc_info=True)
             return ClientFailure(client_id, one_line(exc))
+        self.clients.put(client_id, result.state)  # stays here: the server gets the reply without it
+        return dataclasses.replace(result, state={})
 
     def fit(
         self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask]
@@ -110,6 +124,13 @@ class LocalBackend:
                 images, labels = images[idx], labels[idx]
             jobs.append(partial(run, images=images, labels=labels))
         return [counts.scores()["loss"] for counts in self.pool.map(jobs)]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every client's own state, as flat tensors for the resume checkpoint."""
+        return self.clients.state_dict()
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.clients.load_state_dict(tensors)
 
     def close(self) -> None:
         self.pool.close()

@@ -1,8 +1,9 @@
 """Checkpoints in safetensors: the exported global model and the resume checkpoint.
 
 ``checkpoint.safetensors`` is written last in a round, so it defines the last complete
-round. It holds the global weights (``model.*``), the strategy's tensors (``strategy.*``)
-and, in its string metadata, a JSON document with the format version, the round, the config
+round. It holds the global weights (``model.*``), the strategy's tensors (``strategy.*``),
+the clients' own state where the backend holds it (``clients.*``, the simulator) and, in its
+string metadata, a JSON document with the format version, the round, the config
 and the strategy's metadata. No pickle: ``model_global.pth`` is a plain state_dict for the paper's name and
 ``torch.load(..., weights_only=True)``.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     strategy_tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]  # config, model, strategy metadata, ...
+    client_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the clients' own state
 
 
 def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -62,9 +64,11 @@ def save_checkpoint(
     weights: Mapping[str, torch.Tensor],
     strategy_tensors: Mapping[str, torch.Tensor],
     meta: dict[str, Any],
+    client_tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in weights.items()}
     tensors.update({f"strategy.{k}": v for k, v in strategy_tensors.items()})
+    tensors.update({f"clients.{k}": v for k, v in (client_tensors or {}).items()})
     doc = {"format": FORMAT_VERSION, "round": server_round, **meta}
     _save_safetensors(run_dir / CHECKPOINT_FILE, tensors, {"fedcifar": json.dumps(doc)})
 
@@ -94,7 +98,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from None
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     strategy = {k.removeprefix("strategy."): v for k, v in tensors.items() if k.startswith("strategy.")}
-    return Checkpoint(int(meta.pop("round")), weights, strategy, meta)
+    clients = {k.removeprefix("clients."): v for k, v in tensors.items() if k.startswith("clients.")}
+    return Checkpoint(int(meta.pop("round")), weights, strategy, meta, clients)
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:

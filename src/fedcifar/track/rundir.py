@@ -40,6 +40,7 @@ class Resumed:
     strategy_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     strategy_meta: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's whole document
+    client_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the clients' own state, if kept
 
 
 def write_partition(partition: Partition, labels: np.ndarray, out_dir: Path, title: str = "") -> np.ndarray:
@@ -78,7 +79,10 @@ class RunDir:
             ckpt = load_checkpoint(path)
             if config_from_dict(ckpt.meta["config"]).replace(rounds=cfg.rounds) != cfg:
                 raise CheckpointError(f"config differs from the checkpoint's in {path}; only rounds may change")
-            resumed = Resumed(ckpt.round, ckpt.weights, ckpt.strategy_tensors, ckpt.meta.get("strategy", {}), ckpt.meta)
+            strategy_meta = ckpt.meta.get("strategy", {})
+            resumed = Resumed(
+                ckpt.round, ckpt.weights, ckpt.strategy_tensors, strategy_meta, ckpt.meta, ckpt.client_tensors
+            )
             log = MetricsLog.resume(path, ckpt.round)
         else:
             log = MetricsLog(path)
@@ -106,6 +110,7 @@ class RunDir:
         weights: Mapping[str, torch.Tensor],
         strategy_state: tuple[Weights, dict[str, Any]],
         extra_meta: Mapping[str, Any] | None = None,
+        client_state: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """Write a finished round: metrics row, plots, exported model, then the checkpoint."""
         self.log.append(row)
@@ -115,4 +120,4 @@ class RunDir:
         export_global(self.path, weights, info)
         tensors, meta = strategy_state
         doc = {"config": self.cfg.to_dict(), "model": self.model_info, "strategy": meta, **(extra_meta or {})}
-        save_checkpoint(self.path, row["round"], weights, tensors, doc)
+        save_checkpoint(self.path, row["round"], weights, tensors, doc, client_state)
