@@ -52,8 +52,11 @@ docker-image: install docker-deps
 
 # Builds the image, runs fl-training (smoke preset) and fl-webapp with podman-compose, posts a
 # real CIFAR-100 test image to the web app, then removes everything it made but its caches.
+# Then compose.federation.yaml: the image with Flower, a SuperLink, 2 SuperNodes (one shard
+# each), 1 round of a tiny config, and its model served by fl-webapp.
 test-docker: install docker-deps
 	docker/test-docker.sh
+	docker/test-federation.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -37,6 +37,7 @@ else
     done
 fi
 
+echo "$deps_tag" >build/deps-image.txt  # for docker/build-flower-image.sh, which builds on it
 step "image $TAG"
 # --format docker keeps the HEALTHCHECK (the OCI image format has no field for it).
 podman build --format docker --layers --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$TAG" . \

@@ -5,12 +5,16 @@
     fedcifar federation up FED --nodes 8 --preset paper-cpu --set clients_per_round=4
     fedcifar federation run FED --preset paper-cpu --set clients_per_round=4 --out runs/flower
     fedcifar federation down FED
+    fedcifar federation simulate --preset paper-cpu --set num_clients=8 --set clients_per_round=4 --out runs/sim
 
 ``up`` cuts CIFAR-100's training set into one shard per client (``FED/shards``, the config's
 partition with ``num_clients`` = the number of nodes), then starts one SuperLink and one
 SuperNode per client (TLS and SuperNode authentication on), on 127.0.0.1 unless ``--host``.
 ``run`` submits fedcifar's Flower app and streams the server's log; its ``--out`` is an
 ordinary run directory. ``down`` stops every process ``up`` started, by pid (`deploy.py`).
+``simulate`` runs the same apps on Flower's Simulation Runtime instead: a simulation SuperLink
+on 127.0.0.1, one virtual SuperNode per client in Ray actors (a private Ray instance, or a Ray
+cluster with ``--ray-address``), the shards in a work folder; it stops everything at the end.
 Errors are one line (`UserError`); heavy imports happen inside the commands.
 """
 
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from fedcifar.errors import UserError
 
+APP_DIR = Path(__file__).parent / "app"  # the Flower app bundle `flwr run` submits (a pyproject.toml)
 SHARDS_DIR = "shards"
 SHARDS_FILE = "shards.json"  # the config the shards were cut with (`up`), checked by `run`
 
@@ -35,7 +40,7 @@ def add_federation_parser(sub: argparse._SubParsersAction) -> None:
         help="train on a Flower federation on this machine: certs, up, run, status, down",
         description="A Flower SuperLink and one SuperNode per client on this machine (Deployment Engine).",
     )
-    cmds = p.add_subparsers(dest="federation_command", required=True, metavar="{certs,up,run,status,down}")
+    cmds = p.add_subparsers(dest="federation_command", required=True, metavar="{certs,up,run,simulate,status,down}")
     certs = cmds.add_parser("certs", help="write a CA and a server certificate signed by it")
     certs.add_argument("dir", metavar="DIR", help="folder for ca.pem, server.pem and server.key")
     certs.add_argument(
@@ -47,6 +52,7 @@ def add_federation_parser(sub: argparse._SubParsersAction) -> None:
     certs.set_defaults(func=cmd_certs)
     _add_up_parser(cmds)
     _add_run_parser(cmds)
+    _add_simulate_parser(cmds)
     for name, func, text in (
         ("status", cmd_status, "list the federation's processes and nodes"),
         ("down", cmd_down, "stop every process `up` started (by pid)"),
@@ -90,6 +96,33 @@ def _add_run_parser(cmds: argparse._SubParsersAction) -> None:
     run.add_argument("--out", required=True, help="run directory (config.yaml, metrics.csv, checkpoint, ...)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete round")
     run.set_defaults(func=cmd_run)
+
+
+def _add_simulate_parser(cmds: argparse._SubParsersAction) -> None:
+    sim = cmds.add_parser(
+        "simulate",
+        help="train with the same apps on Flower's Simulation Runtime (Ray), here or on a Ray cluster",
+        description="Start a simulation SuperLink on 127.0.0.1, submit fedcifar's Flower app to it with one "
+        "virtual SuperNode per client (Ray actors), stream the run to its end, stop everything.",
+    )
+    _add_config_args(sim, None)
+    sim.add_argument("--out", required=True, help="run directory (config.yaml, metrics.csv, checkpoint, ...)")
+    sim.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete round")
+    sim.add_argument("--nodes", type=int, help="virtual SuperNodes: one per client (default: the config's num_clients)")
+    sim.add_argument("--cpus-per-client", type=int, default=1, help="CPUs of each Ray actor (default: 1)")
+    sim.add_argument("--gpus-per-client", type=float, default=0.0, help="GPU fraction of each Ray actor (default: 0)")
+    sim.add_argument("--ray-cpus", type=int, help="CPUs of the private Ray instance (default: every core here)")
+    sim.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run on this Ray cluster (`ray start --head` on it; default: a private Ray instance on 127.0.0.1)",
+    )
+    sim.add_argument(
+        "--workdir",
+        help="folder for the client shards, the SuperLink's logs and Flower home (kept; default: a temporary "
+        "folder, removed after a completed run). On a Ray cluster every node must see it at the same path",
+    )
+    sim.set_defaults(func=cmd_simulate)
 
 
 @contextlib.contextmanager
@@ -214,8 +247,6 @@ def _print_up(fed, args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _need_flower()
-    import fedcifar.flower
-    from fedcifar.data.cifar100 import resolve_data_dir
     from fedcifar.flower.deploy import Federation
 
     with _one_line_errors():
@@ -229,16 +260,65 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_partition(shards, cfg)
     out = Path(args.out).resolve()
     _check_run_dir(out, cfg, args.resume)
-    config = {
+    with _one_line_errors():
+        result = fed.submit(APP_DIR, run_config(args, out, overrides), timeout=None, echo=_echo)
+    print(f"run {result.run_id}: {result.status} -> {out}")
+    return 0
+
+
+def run_config(args: argparse.Namespace, out: Path, overrides: dict[str, str], **extra: str) -> dict[str, object]:
+    """The ServerApp's run config (keys of the app's ``[tool.flwr.app.config]``)."""
+    from fedcifar.data.cifar100 import resolve_data_dir
+
+    return {
         "preset": args.preset,
         "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()),
         "out": str(out),
         "resume": bool(args.resume),
         "data-dir": str(resolve_data_dir(args.data_dir).resolve()),
+        **extra,
     }
-    app = Path(fedcifar.flower.__file__).parent / "app"
+
+
+def _echo(line: str) -> None:
+    print(line, end="", flush=True)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    _need_flower()
+    import shutil
+    import tempfile
+
+    from fedcifar.config import build_config, parse_overrides
+    from fedcifar.flower.deploy import STATE_FILE, Federation
+    from fedcifar.flower.simulation import RayOptions
+
+    nodes = args.nodes or build_config(args.preset, None, parse_overrides(args.set or [])).num_clients
+    if nodes < 1:
+        raise UserError(f"--nodes must be >= 1, got {nodes}")
+    try:
+        ray = RayOptions(args.cpus_per_client, args.gpus_per_client, args.ray_cpus, args.ray_address)
+    except ValueError as exc:
+        raise UserError(str(exc).replace("num_cpus", "--ray-cpus").replace("_per_", "-per-")) from None
+    cfg, overrides = federation_config(args.preset, args.set, nodes)
+    out = Path(args.out).resolve()
+    _check_run_dir(out, cfg, args.resume)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedcifar-sim-")).resolve()
     with _one_line_errors():
-        result = fed.submit(app, config, timeout=None, echo=lambda line: print(line, end="", flush=True))
+        if (workdir / STATE_FILE).exists() and Federation.attach(workdir).pids():
+            raise UserError(f"a federation is running from {workdir}; stop it: fedcifar federation down {workdir}")
+    shards = _export_shards(cfg, args.data_dir, workdir)
+    config = run_config(args, out, overrides, **{"data-path": str(shards)})
+    try:
+        with _one_line_errors(), Federation.simulation(workdir, nodes, ray=ray) as sim:
+            result = sim.submit(APP_DIR, config, timeout=None, echo=_echo)
+    except UserError as exc:
+        raise UserError(f"{exc} (work folder kept: {workdir})") from None
+    except KeyboardInterrupt:
+        print(f"fedcifar: interrupted; stopped the simulation (work folder: {workdir})", file=sys.stderr)
+        return 130
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"run {result.run_id}: {result.status} -> {out}")
     return 0
 

@@ -1,7 +1,7 @@
 """The ClientApp: one SuperNode is one client, holding only its own shard.
 
 Its node config names the client (``partition-id``) and the folder of shards (``data-path``,
-written by ``fedcifar partition --export``). Each message is translated by
+written by ``fedcifar partition --export``; under the Simulation Runtime the run config names it). Each message is translated by
 :mod:`fedcifar.flower.codec` and handed to the same functions the local backend calls:
 ``train_client`` for a fit, ``eval_counts`` for a loss query. A node whose shard is missing or
 corrupt logs one line and sends an error reply; the server records a failure for it.
@@ -40,13 +40,26 @@ CLIENT_ERROR = 1  # Error.code of a reply whose client could not do its part (re
 app = ClientApp()
 
 
+def shard_folder(context: Context) -> str:
+    """The folder of client shards: the node config's ``data-path``, else the run config's.
+
+    A SuperNode of a deployment names its own folder. The virtual nodes of Flower's Simulation
+    Runtime get only ``partition-id`` and ``num-partitions``, so there the run config carries
+    it (`fedcifar federation simulate` exports the shards into it).
+    """
+    for config in (context.node_config, context.run_config):
+        if str(config.get("data-path", "")):
+            return str(config["data-path"])
+    raise DataError("no data-path: give it in the node config (or, in a simulation, the run config)")
+
+
 def node_client(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
     """This node's client id and its shard (images, labels)."""
     try:
         client_id = int(context.node_config["partition-id"])
-        folder = str(context.node_config["data-path"])
     except (KeyError, ValueError):
         raise DataError("node config needs partition-id=<int> and data-path=<folder of client shards>") from None
+    folder = shard_folder(context)
     images, labels = load_shard(shard_path(folder, client_id), client_id)  # once: each message is a new process
     return client_id, images, labels
 

@@ -17,6 +17,9 @@ The API (a failure is a `FederationError` whose first line says what and which l
 - ``Federation.up(workdir, nodes, *, tls=True, auth=True, node_config=None, host="127.0.0.1",
   app_env=None, database=None, poll_interval=None, timeout=None)`` starts everything and waits
   until every node is online; ``Federation.attach(workdir)`` finds one started elsewhere.
+- ``Federation.simulation(workdir, nodes, *, ray=RayOptions(), host="127.0.0.1")`` starts a
+  simulation SuperLink instead: Flower's Simulation Runtime, `nodes` virtual SuperNodes in Ray
+  actors (`simulation.py`); the same apps, ``submit`` and ``down``.
 - ``submit(app_dir, run_config, *, stream=True, timeout=600, echo=None)`` -> `RunResult`;
   ``run_status(run_id)``; ``flwr(*args)`` runs any `flwr` command against the SuperLink.
 - ``nodes`` (`Node`: index, pid, port, log, node_id), ``address``, ``flwr_home``, ``ca``;
@@ -36,7 +39,9 @@ message). The `flwr` CLI talks to the SuperLink through a project-local Flower h
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -48,8 +53,18 @@ from fedcifar.flower.control import CONNECTION, FlwrCli, RunResult
 from fedcifar.flower.group import STATE_FILE, FederationError, ProcessGroup
 from fedcifar.flower.output import format_node_config
 from fedcifar.flower.procs import LOOPBACK, MARKER_ENV, child_env, client_host, free_ports
+from fedcifar.flower.simulation import RayOptions
 
-__all__ = ["CONNECTION", "STATE_FILE", "Federation", "FederationError", "Node", "RunResult", "format_node_config"]
+__all__ = [
+    "CONNECTION",
+    "STATE_FILE",
+    "Federation",
+    "FederationError",
+    "Node",
+    "RayOptions",
+    "RunResult",
+    "format_node_config",
+]
 
 NodeConfig = str | Mapping[str, object]  # a --node-config string, or its values (`format_node_config`)
 
@@ -159,6 +174,57 @@ class Federation(ProcessGroup):
             raise
         return fed
 
+    @classmethod
+    def simulation(
+        cls,
+        workdir: str | Path,
+        nodes: int,
+        *,
+        ray: RayOptions | None = None,
+        host: str = LOOPBACK,
+        timeout: float = 60.0,
+    ) -> Federation:
+        """Start a simulation SuperLink: each run gets `nodes` virtual SuperNodes on Ray (Flower's Simulation Runtime).
+
+        No SuperNode processes: the run's `flwr-simulation` process runs the ServerApp and, in Ray
+        actors, the ClientApp, one virtual node per client (node config ``partition-id``,
+        ``num-partitions``). Plain HTTP on `host` (127.0.0.1: only this machine's `flwr` reaches
+        it). `ray` says where the actors run (`RayOptions`: a private Ray instance on loopback, or
+        a cluster). `submit`, `down` and ``with`` work as for `up`.
+        """
+        ray = ray or RayOptions()
+        if nodes < 1:
+            raise ValueError(f"a simulation needs at least one SuperNode, got nodes={nodes}")
+        workdir = Path(workdir).resolve()
+        if (workdir / STATE_FILE).exists() and Federation.attach(workdir).pids():
+            raise FederationError(f"a federation is still running from {workdir}: call down() first")
+        # Ray's sockets live under its temporary directory, whose path must stay short (108 bytes).
+        scratch = tempfile.mkdtemp(prefix="fedcifar-ray-")
+        port = free_ports(1, host)[0]
+        state = cls.new_state(host=host, port=port, tls=False, auth=False, certs=None, env=ray.env(scratch))
+        fed = cls(workdir, {**state, "simulation": True, "scratch": scratch})
+        fed.save()
+        try:
+            fed.cli.write_config(fed.address, None)
+            fed._start_superlink(None, timeout)
+            fed.flwr("federation", "simulation-config", *ray.simulation_config(nodes))
+        except BaseException:
+            fed.down()
+            raise
+        return fed
+
+    @property
+    def simulated(self) -> bool:
+        """True for a simulation SuperLink (`simulation`), False for a Deployment Engine one (`up`)."""
+        return bool(self.state.get("simulation"))
+
+    def down(self, grace: float = 5.0) -> set[int]:
+        """Stop every process (see `ProcessGroup.down`) and remove a simulation's Ray directory."""
+        stopped = super().down(grace)
+        if scratch := self.state.get("scratch"):
+            shutil.rmtree(scratch, ignore_errors=True)
+        return stopped
+
     def _start(
         self, nodes: int, config: Callable[[int], NodeConfig] | None, database: str | Path | None, timeout: float
     ) -> None:
@@ -200,6 +266,8 @@ class Federation(ProcessGroup):
         else:
             argv += ["--insecure"]
         argv += ["--disable-runtime-dependency-installation"]
+        if self.simulated:
+            argv += ["--simulation"]
         if self.auth:
             argv += ["--enable-supernode-auth"]
         if database is not None:
