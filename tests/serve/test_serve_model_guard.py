@@ -26,7 +26,6 @@ from fedcifar.serve.main import create_app
 from fedcifar.serve.predictor import ModelStore, Predictor, inference_runtime
 from fedcifar.serve.settings import ServeSettings
 from fedcifar.serve.watcher import ModelWatcher
-from fedcifar.track.checkpoint import MODEL_FILE
 
 SMALL = "resnet20"  # 0.27 M parameters: these tests are about the checks, not the network
 GOOD_META = {"arch": SMALL, "norm": "batch", "num_classes": 100, "round": 2, "test_acc": 0.02}
