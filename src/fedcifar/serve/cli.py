@@ -53,7 +53,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help="most pixels decoded from one image (default: 4096x4096); larger uploads are refused from their header",
     )
-    p.add_argument("--decode-workers", type=int, default=2, help="large images decoded at once (default: 2)")
+    p.add_argument("--decode-workers", type=int, default=1, help="large images decoded at once (default: 1)")
     p.add_argument(
         "--decode-queue", type=int, default=4, help="large images that may wait for a decode; beyond, 503 (default: 4)"
     )
