@@ -261,3 +261,37 @@ def test_stopping_the_server_stops_cleanly(system):
     assert server.proc.wait(timeout=90) == 0
     assert not server.trainer_pids()
     assert (run_dir / "checkpoint.safetensors").exists()
+
+
+def test_dashboard_shows_a_training_failure_while_serving_the_last_model(browser, tmp_path):
+    """A trainer that fails (here: a corrupt checkpoint it cannot resume) leaves the server up; the page says why."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fedcifar.model import ModelSpec
+    from fedcifar.track.checkpoint import export_global
+
+    run_dir = tmp_path / "failing-run"
+    run_dir.mkdir()
+    spec = ModelSpec("resnet20", "batch", 100)
+    export_global(run_dir, spec.build(seed=0).state_dict(), {**spec.to_dict(), "round": 5, "test_acc": 0.05})
+    (run_dir / "checkpoint.safetensors").write_bytes(b"not a checkpoint" * 10)
+    failing = System(run_dir, tmp_path / "failing.log")
+    try:
+        wait_for(lambda: get_json(failing.url + "/health")[0] == 200, 120, "the server", failing.proc)
+        browser.get(failing.url + "/dashboard")
+        box = WebDriverWait(browser, 120).until(
+            lambda d: d.find_element(By.ID, "trainer-error") if d.find_element(By.ID, "trainer-error").text else None
+        )
+        assert box.is_displayed()
+        assert "exit code 2" in box.text and "not a readable safetensors file" in box.text
+        assert "Still serving the last model" in box.text
+        assert "round 5" in browser.find_element(By.ID, "model-badge").text
+        assert get_json(failing.url + "/health") == (200, {"status": "ok", "model_round": 5})
+        code, run = get_json(failing.url + "/api/run")
+        assert run["trainer"]["state"] == "failed" and run["trainer"]["exit_code"] == 2
+        assert str(tmp_path) not in json.dumps(run)  # the trainer's error names the file, not the server's paths
+        os.kill(failing.proc.pid, signal.SIGTERM)
+        assert failing.proc.wait(timeout=60) == 1  # the exit code still reports the failed training
+    finally:
+        failing.kill()

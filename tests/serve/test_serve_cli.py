@@ -72,3 +72,28 @@ def test_real_process_exits_non_zero_with_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("fedcifar: error: file not found")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--reload-interval", "0"),
+        ("--reload-interval", "-1"),
+        ("--reload-interval", "nan"),
+        ("--reload-interval", "inf"),
+        ("--batch-wait-ms", "nan"),
+        ("--max-upload-mb", "inf"),
+        ("--max-upload-mb", "0"),
+        ("--max-pixels", "0"),
+        ("--decode-workers", "0"),
+        ("--decode-queue", "-1"),
+    ],
+)
+def test_bad_numeric_options_are_one_line_errors(model_file, capsys, option, value):
+    code, err = run_cli(capsys, "--model", str(model_file), option, value)
+    assert code == 2 and err.count("\n") == 1 and option in err, err
+
+
+def test_unknown_train_preset_is_refused_before_starting(tmp_path, capsys):
+    code, err = run_cli(capsys, "--run", str(tmp_path), "--train-preset", "nope")
+    assert code == 2 and err.count("\n") == 1 and "unknown --train-preset 'nope'" in err

@@ -11,19 +11,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import signal
 import socket
-import subprocess
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcifar.errors import UserError
 
+if TYPE_CHECKING:
+    from fedcifar.serve.trainer import Trainer
+
 log = logging.getLogger("fedcifar.serve")
 
-INTERRUPTED = {130, -signal.SIGINT, -signal.SIGTERM}  # how a trainer stopped by Ctrl-C or TERM exits
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+DEFAULT_MAX_PIXELS = 4096 * 4096  # fedcifar.serve.preprocess.DEFAULT_MAX_PIXELS (not imported: keeps the parser cheap)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,19 +47,28 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--data-dir", help="folder holding cifar-100-python/ for the label names (default: $FEDCIFAR_DATA_DIR)"
     )
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
-    p.add_argument("--max-pixels", type=int, default=64_000_000, help="largest declared image size in pixels")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="most pixels decoded from one image (default: 4096x4096); larger uploads are refused from their header",
+    )
+    p.add_argument("--decode-workers", type=int, default=1, help="large images decoded at once (default: 1)")
+    p.add_argument(
+        "--decode-queue", type=int, default=4, help="large images that may wait for a decode; beyond, 503 (default: 4)"
+    )
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 where native")
     p.add_argument("--max-batch", type=int, default=64, help="largest micro-batch (default: 64)")
     p.add_argument(
         "--batch-wait-ms", type=float, default=0.0, help="how long a lone request waits for company (default: 0)"
     )
-    p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between model file checks")
+    p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between model file checks (> 0)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for inference (default: torch's choice)")
     p.add_argument(
         "--train-preset",
         metavar="PRESET",
         help="also run `fedcifar train --preset PRESET --out RUN_DIR --auto-resume` beside the server; "
-        "Ctrl-C stops both (needs --run)",
+        "Ctrl-C, SIGTERM or SIGHUP stop both, and training never outlives the server (needs --run)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
@@ -84,76 +97,11 @@ def log_config(level: str = "info") -> dict:
     return config
 
 
-class Trainer:
-    """``fedcifar train`` as a child process beside the server (``make run``)."""
-
-    def __init__(self, preset: str, run_dir: Path, data_dir: str | None) -> None:
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "fedcifar",
-            "train",
-            "--preset",
-            preset,
-            "--out",
-            str(run_dir),
-            "--auto-resume",
-        ]
-        if data_dir:
-            self.cmd += ["--data-dir", data_dir]
-        self.proc: subprocess.Popen | None = None
-        self.stopping = False
-
-    def start(self, on_failure) -> None:
-        print(f"fedcifar: training beside the server: {' '.join(self.cmd[2:])}", file=sys.stderr, flush=True)
-        # Its own session: a terminal's Ctrl-C reaches the server only, which then stops training
-        # with exactly one SIGINT. (Two would interrupt the trainer's own clean shutdown.)
-        self.proc = subprocess.Popen(self.cmd, start_new_session=True)
-        threading.Thread(target=self._watch, args=(on_failure,), name="fedcifar-trainer-watch", daemon=True).start()
-
-    def _watch(self, on_failure) -> None:
-        assert self.proc is not None
-        code = self.proc.wait()
-        if self.stopping or code in INTERRUPTED:
-            return
-        if code == 0:
-            log.info("fedcifar serve: training finished; still serving the final model")
-        else:
-            log.error("fedcifar serve: training exited with code %s; stopping the server", code)
-            on_failure()
-
-    def stop(self, grace: float = 300.0) -> int | None:
-        """Stop training as Ctrl-C would (it keeps its last complete round) and wait for it.
-
-        Training finishes the client updates in flight before it exits; a second Ctrl-C while
-        waiting ends it at once with SIGTERM (the checkpoint on disk is complete either way).
-        """
-        if self.proc is None:
-            return None
-        self.stopping = True
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        print(
-            "fedcifar: stopping training: it finishes the client updates in flight and keeps its last complete"
-            " round (Ctrl-C again to stop it now)",
-            file=sys.stderr,
-            flush=True,
-        )
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=grace)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            self.proc.terminate()
-            try:
-                return self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-
-
 def _settings(args: argparse.Namespace):
     from fedcifar.serve.settings import MB, ServeSettings
 
+    if not (math.isfinite(args.max_upload_mb) and 0 < args.max_upload_mb <= 1024):
+        raise UserError(f"--max-upload-mb must be > 0 and <= 1024, got {args.max_upload_mb}")
     try:
         return ServeSettings(
             run_dir=Path(args.run) if args.run else None,
@@ -161,13 +109,26 @@ def _settings(args: argparse.Namespace):
             data_dir=Path(args.data_dir) if args.data_dir else None,
             max_upload_bytes=int(args.max_upload_mb * MB),
             max_pixels=args.max_pixels,
+            decode_workers=args.decode_workers,
+            decode_queue=args.decode_queue,
             precision=args.precision,
             max_batch=args.max_batch,
             batch_wait_ms=args.batch_wait_ms,
             reload_interval=args.reload_interval,
         )
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        option = {
+            "max pixels": "--max-pixels",
+            "max batch": "--max-batch",
+            "decode workers": "--decode-workers",
+            "decode queue": "--decode-queue",
+            "batch wait": "--batch-wait-ms",
+            "reload interval": "--reload-interval",
+        }
+        text = str(exc)
+        for name, flag in option.items():
+            text = text.replace(name, flag, 1) if text.startswith(name) else text
+        raise UserError(text) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -176,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fedcifar.serve.labels import read_fine_labels
     from fedcifar.serve.main import create_app
     from fedcifar.serve.predictor import Predictor, inference_runtime
+    from fedcifar.serve.trainer import Trainer
 
     if args.threads > 0:
         import torch
@@ -183,16 +145,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.train_preset and not args.run:
         raise UserError("--train-preset needs --run RUN_DIR (the run directory to train into)")
+    if args.train_preset:
+        from fedcifar.config import PRESETS
+
+        if args.train_preset not in PRESETS:
+            raise UserError(f"unknown --train-preset {args.train_preset!r}; choose one of: {', '.join(PRESETS)}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
     settings = _settings(args)
     try:
         runtime = inference_runtime(settings.precision, settings.channels_last)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     labels = read_fine_labels(settings.data_dir)  # DataError: one line
-    preloaded = Predictor(runtime).load(settings.model_path) if settings.model_path else None  # CheckpointError
+    predictor = Predictor(runtime, num_labels=len(labels))
+    preloaded = predictor.load(settings.model_path) if settings.model_path else None  # CheckpointError: one line
     sock = listen_socket(args.host, args.port)
 
-    app = create_app(replace(settings, labels=labels), preloaded)
+    trainer = Trainer(args.train_preset, settings.run_dir, args.data_dir) if args.train_preset else None
+    app = create_app(replace(settings, labels=labels), preloaded, trainer.status if trainer else None)
     config = uvicorn.Config(
         app,
         log_config=log_config(),
@@ -200,34 +171,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    trainer = Trainer(args.train_preset, settings.run_dir, args.data_dir) if args.train_preset else None
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"fedcifar: serving on http://{shown}:{args.port}/ (dashboard: /dashboard, API docs: /docs)", file=sys.stderr)
     return _serve_beside(server, sock, trainer, settings.run_dir)
 
 
 def _serve_beside(server, sock: socket.socket, trainer: Trainer | None, run_dir: Path | None) -> int:
-    """Run the web server (and the trainer beside it, if any) until either stops; the exit code."""
-    failed = threading.Event()
+    """Run the web server (and the trainer beside it, if any) until a signal stops it; the exit code.
 
-    def on_trainer_failure() -> None:
-        failed.set()
+    SIGINT, SIGTERM and SIGHUP all stop the server gracefully, and then the trainer; a second
+    one while training winds down stops it at once. (uvicorn handles SIGINT and SIGTERM while
+    it runs and re-raises them when it returns; our handler takes them then, instead of the
+    default action that would kill this process before the trainer is stopped.) A trainer that
+    fails leaves the server running; the exit code is then 1.
+    """
+
+    def on_signal(signum: int, frame) -> None:
+        if trainer is not None and trainer.stopping:
+            trainer.hurry()
         server.should_exit = True
 
-    # A process started in the background by a non-interactive shell (CI, `make ... &`) inherits
-    # SIGINT as ignored, and so would the trainer, which then could not be stopped with it.
-    # Handle it here so that the trainer starts with the default disposition (KeyboardInterrupt).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Also gives the trainer the default disposition of SIGINT, which a process started in the
+    # background by a non-interactive shell (CI, `make ... &`) would otherwise inherit as ignored.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     try:
         if trainer is not None:
-            trainer.start(on_trainer_failure)
-        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises a Ctrl-C after its clean shutdown
+            trainer.start()
+        with contextlib.suppress(KeyboardInterrupt):
             server.run(sockets=[sock])
     finally:
-        code = trainer.stop() if trainer is not None else None
+        if trainer is not None:
+            trainer.stop()
         sock.close()
-    if failed.is_set():
-        return int(code or 1) if code not in INTERRUPTED else 1
+    if trainer is not None and trainer.failed:
+        print(f"fedcifar: training had failed: {trainer.status.detail or 'see above'}", file=sys.stderr)
+        return 1
     if trainer is not None:
         print(f"fedcifar: stopped; {run_dir} keeps its last complete round (run again to resume)", file=sys.stderr)
     return 0

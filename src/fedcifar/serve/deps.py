@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from fedcifar.serve.decoder import DecodePool
 from fedcifar.serve.predictor import MicroBatcher, ModelStore, Predictor
 from fedcifar.serve.run_status import RunReader
 from fedcifar.serve.settings import ServeSettings
+from fedcifar.serve.trainer import TrainerStatus
 
 
 @dataclass
@@ -23,8 +25,11 @@ class ServeState:
     predictor: Predictor
     store: ModelStore
     batcher: MicroBatcher
+    decoder: DecodePool
     run: RunReader | None
+    trainer: TrainerStatus | None = None  # training beside the server (--train-preset), if any
 
 
-def get_state(request: Request) -> ServeState:
+async def get_state(request: Request) -> ServeState:
+    """Async on purpose: a sync dependency would take a threadpool thread for every request."""
     return request.app.state.serve

@@ -7,22 +7,31 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fedcifar.serve.decoder import DecodePool
 from fedcifar.serve.deps import ServeState
 from fedcifar.serve.labels import read_fine_labels
 from fedcifar.serve.limits import BodySizeLimit
-from fedcifar.serve.predictor import LoadedModel, MicroBatcher, ModelStore, Predictor, inference_runtime
+from fedcifar.serve.predictor import (
+    LoadedModel,
+    MicroBatcher,
+    ModelStore,
+    Predictor,
+    inference_runtime,
+    run_checked,
+)
 from fedcifar.serve.routers import dashboard, model, pages, predict
 from fedcifar.serve.run_status import RunReader
 from fedcifar.serve.settings import ServeSettings
+from fedcifar.serve.trainer import TrainerStatus
 from fedcifar.serve.watcher import ModelWatcher
 
 log = logging.getLogger("fedcifar.serve")
@@ -32,33 +41,31 @@ MULTIPART_SLACK = 64 * 1024  # room for multipart boundaries and headers around 
 
 def _waiting_text(settings: ServeSettings) -> str:
     if settings.run_dir is not None:
-        return f"no {settings.watched_model.name} in {settings.run_dir} yet"
-    return f"no model at {settings.model_path}"
+        return f"no {settings.watched_model.name} in run {settings.run_name} yet"
+    return f"no model at {settings.watched_model.name}"
 
 
-def build_state(settings: ServeSettings, preloaded: LoadedModel | None = None) -> tuple[ServeState, ModelWatcher]:
-    """Labels, predictor, store, batcher and watcher; loads the model if ``--model`` was given."""
+def build_state(
+    settings: ServeSettings, preloaded: LoadedModel | None = None, trainer: TrainerStatus | None = None
+) -> tuple[ServeState, ModelWatcher]:
+    """Labels, predictor, store, batcher, decoder and watcher; loads the model if ``--model`` was given."""
     labels = settings.labels if settings.labels is not None else read_fine_labels(settings.data_dir)
-    predictor = Predictor(inference_runtime(settings.precision, settings.channels_last))
+    predictor = Predictor(inference_runtime(settings.precision, settings.channels_last), num_labels=len(labels))
     store = ModelStore(waiting_for=_waiting_text(settings))
     watcher = ModelWatcher(store, predictor, settings.watched_model, settings.reload_interval)
     if preloaded is not None:
         store.swap(preloaded)
     elif settings.model_path is not None:
         store.swap(predictor.load(settings.model_path))  # --model must load: CheckpointError otherwise
-
-    def run_batch(batch: torch.Tensor):
-        loaded = store.get()  # read once: the whole batch sees one model
-        return predictor.forward(loaded, batch), loaded
-
-    batcher = MicroBatcher(run_batch, settings.max_batch, settings.batch_wait_ms)
+    batcher = MicroBatcher(partial(run_checked, predictor, store), settings.max_batch, settings.batch_wait_ms)
+    decoder = DecodePool(settings.decode_workers, settings.decode_queue)
     run = RunReader(settings.run_dir) if settings.run_dir is not None else None
-    return ServeState(settings, labels, predictor, store, batcher, run), watcher
+    return ServeState(settings, labels, predictor, store, batcher, decoder, run, trainer), watcher
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state, watcher = build_state(app.state.settings, app.state.preloaded)
+    state, watcher = build_state(app.state.settings, app.state.preloaded, app.state.trainer)
     app.state.preloaded = None
     if state.store.current is None:
         await asyncio.to_thread(watcher.check_once)
@@ -79,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await watch_task
         await state.batcher.stop()
+        state.decoder.shutdown()
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -94,8 +102,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(settings: ServeSettings, preloaded: LoadedModel | None = None) -> FastAPI:
-    """The app; nothing is loaded until ``lifespan`` runs (uvicorn start, or ``with TestClient(app)``)."""
+def create_app(
+    settings: ServeSettings, preloaded: LoadedModel | None = None, trainer: TrainerStatus | None = None
+) -> FastAPI:
+    """The app; nothing is loaded until ``lifespan`` runs (uvicorn start, or ``with TestClient(app)``).
+
+    ``trainer`` is the status of a training process run beside the server (``--train-preset``),
+    shown by ``/api/run``.
+    """
     app = FastAPI(
         title="fedcifar",
         summary="Top-5 CIFAR-100 predictions from a federated ResNet-18, and a live training dashboard.",
@@ -104,6 +118,7 @@ def create_app(settings: ServeSettings, preloaded: LoadedModel | None = None) ->
     )
     app.state.settings = settings
     app.state.preloaded = preloaded
+    app.state.trainer = trainer
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -25,14 +25,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from fedcifar.data.augment import Normalize
+from fedcifar.errors import one_line
 from fedcifar.runtime import Runtime, bf16_supported
-from fedcifar.track.checkpoint import CheckpointError, load_model
+from fedcifar.serve.model_file import ServedInfo, first_non_finite, served_info
+from fedcifar.track.checkpoint import CheckpointError, load_model, read_metadata
 
 log = logging.getLogger("fedcifar.serve")
 
@@ -43,6 +44,10 @@ class NoModelYet(RuntimeError):
 
 class ModelChanged(CheckpointError):
     """The model file was replaced during loading; load again."""
+
+
+class InferenceFailed(RuntimeError):
+    """The served model could not answer a batch (an error, or non-finite outputs)."""
 
 
 @dataclass(frozen=True)
@@ -65,18 +70,18 @@ class FileStamp:
 @dataclass(frozen=True)
 class LoadedModel:
     model: nn.Module
-    info: dict[str, Any]  # the export's metadata: arch, norm, num_classes, round, test_acc
+    info: ServedInfo  # the export's validated metadata: arch, norm, num_classes, round, test_acc
     path: Path
     stamp: FileStamp | None
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def round(self) -> int:
-        return int(self.info.get("round") or 0)
+        return self.info.round
 
     @property
     def num_classes(self) -> int:
-        return int(self.info.get("num_classes") or 100)
+        return self.info.num_classes
 
 
 def inference_runtime(precision: str = "auto", channels_last: bool = True) -> Runtime:
@@ -89,24 +94,46 @@ def inference_runtime(precision: str = "auto", channels_last: bool = True) -> Ru
 
 
 class Predictor:
-    """Loads model files and runs uint8 image batches through them."""
+    """Loads model files and runs uint8 image batches through them.
 
-    def __init__(self, runtime: Runtime) -> None:
+    ``num_labels``, if given, is how many label names the server has: a model with another
+    number of classes is refused, since its answers could not be named.
+    """
+
+    def __init__(self, runtime: Runtime, num_labels: int | None = None) -> None:
         self.runtime = runtime
+        self.num_labels = num_labels
         self.normalize = Normalize(runtime.device)
 
     def load(self, path: Path) -> LoadedModel:
-        """Build, fill and warm up a model from an exported file. Raises CheckpointError."""
+        """Validate, build, fill, check and warm up a model from an exported file. Raises CheckpointError.
+
+        The metadata is validated before anything is built from it; weights holding a NaN or
+        an infinity, or a warm-up batch that answers with one, refuse the file.
+        """
+        path = Path(path)
         stamp = FileStamp.of(path)
-        model, info = load_model(path)
+        info = served_info(read_metadata(path), path, self.num_labels)
+        model, _ = load_model(path)
         if FileStamp.of(path) != stamp:
-            # load_model opens the file twice (metadata, then tensors): a replacement in between
+            # The file is opened more than once (metadata, then tensors): a replacement in between
             # could pair one round's metadata with another's weights. Never serve that mix.
             raise ModelChanged(f"{path} was replaced while loading; loading the new version instead")
+        if (bad := first_non_finite(model.state_dict())) is not None:
+            raise CheckpointError(f"{path} holds non-finite weights ({bad} has NaN or infinity); not served")
         model = model.to(self.runtime.device, memory_format=self.runtime.memory_format).eval()
-        loaded = LoadedModel(model, dict(info), Path(path), stamp)
-        self.forward(loaded, torch.zeros(1, 3, 32, 32, dtype=torch.uint8))  # warm-up: first request is not slow
+        loaded = LoadedModel(model, info, path, stamp)
+        if not self.probe(loaded):  # also the warm-up: the first request is not slow
+            raise CheckpointError(f"{path} cannot answer a blank image with finite probabilities; not served")
         return loaded
+
+    def probe(self, loaded: LoadedModel) -> bool:
+        """True if the model answers a blank image with finite probabilities."""
+        try:
+            probs = self.forward(loaded, torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        except Exception:
+            return False
+        return bool(torch.isfinite(probs).all())
 
     @torch.inference_mode()
     def forward(self, loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:
@@ -132,6 +159,22 @@ class ModelStore:
         self.waiting_for = waiting_for
         self.last_error: str | None = None
         self.reloads = 0
+        self._failure: tuple[LoadedModel, str] | None = None  # the served model could not answer
+
+    def mark_failed(self, loaded: LoadedModel, reason: str) -> None:
+        """Inference with ``loaded`` failed: health reports it until it answers again or is replaced."""
+        self._failure = (loaded, reason)
+
+    def mark_answering(self, loaded: LoadedModel) -> None:
+        failure = self._failure
+        if failure is not None and failure[0] is loaded:
+            self._failure = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the current model cannot answer, if its last batch failed."""
+        failure, current = self._failure, self._current
+        return failure[1] if failure is not None and failure[0] is current else None
 
     @property
     def current(self) -> LoadedModel | None:
@@ -242,3 +285,24 @@ class MicroBatcher:
     @property
     def mean_batch(self) -> float:
         return self.images / self.batches if self.batches else 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+
+def run_checked(predictor: Predictor, store: ModelStore, batch: torch.Tensor) -> BatchResult:
+    """One batch through the current model. A failure or a non-finite answer is recorded, then raised."""
+    loaded = store.get()  # read once: the whole batch sees one model
+    try:
+        probs = predictor.forward(loaded, batch)
+    except Exception as exc:
+        reason = f"inference failed: {one_line(exc)}"
+        store.mark_failed(loaded, reason)
+        raise InferenceFailed(reason) from exc
+    if not bool(torch.isfinite(probs).all()):
+        reason = "the served model answers with NaN or infinity"
+        store.mark_failed(loaded, reason)
+        raise InferenceFailed(reason)
+    store.mark_answering(loaded)
+    return probs, loaded

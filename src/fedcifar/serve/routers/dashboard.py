@@ -20,11 +20,20 @@ def _no_run() -> HTTPException:
 
 @router.get("")
 def run_status(state: Annotated[ServeState, Depends(get_state)]) -> dict[str, Any]:
-    """Round, progress of the running round (clients reported, or an estimate), curves from metrics.csv, model."""
+    """Round, progress of the running round (clients reported, or an estimate), curves from metrics.csv, model.
+
+    ``trainer`` is the training process run beside the server (``--train-preset``), if any:
+    its state (running, finished, failed, stopped), exit code and, if it failed, its last line.
+    """
     if state.run is None:
         raise _no_run()
     status = state.run.status()
+    status["run_dir"] = state.settings.run_name  # a name: clients never see the server's absolute paths
     status["model"] = model_info(state).model_dump()
+    trainer = state.trainer.to_dict() if state.trainer is not None else None
+    if trainer is not None and trainer["detail"]:
+        trainer["detail"] = state.settings.public(trainer["detail"])
+    status["trainer"] = trainer
     return status
 
 

@@ -7,14 +7,14 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
+from fedcifar.serve.decoder import RETRY_AFTER_S, DecoderBusy
 from fedcifar.serve.deps import ServeState, get_state
-from fedcifar.serve.predictor import NoModelYet
+from fedcifar.serve.predictor import InferenceFailed, NoModelYet
 from fedcifar.serve.preprocess import ImageRejected, finish_image, open_image
 
 TOP_K = 5
-INLINE_DECODE_PIXELS = 128 * 128  # larger images are decoded in the threadpool
+INLINE_DECODE_PIXELS = 128 * 128  # larger images are decoded on the decode pool's threads
 
 router = APIRouter(prefix="/api", tags=["predict"])
 
@@ -39,7 +39,11 @@ ERRORS = {
     413: {"model": ErrorResponse, "description": "upload over the size limit, or a decompression bomb"},
     415: {"model": ErrorResponse, "description": "not an image in a supported format"},
     422: {"model": ErrorResponse, "description": "missing multipart field `file`"},
-    503: {"model": ErrorResponse, "description": "no model yet: the run's first round has not finished"},
+    503: {
+        "model": ErrorResponse,
+        "description": "no model yet, the model cannot answer, or too many large images are being decoded"
+        " (retry after `Retry-After` seconds)",
+    },
 }
 
 
@@ -57,31 +61,43 @@ async def predict(
     """Top-5 CIFAR-100 classes for an uploaded image.
 
     Inference runs on the micro-batcher's thread and decoding of anything larger than a
-    thumbnail in the threadpool, so the event loop only parses requests.
+    thumbnail on the decode pool's few threads (503 when they and their queue are full), so
+    the event loop only parses requests and reads image headers. The upload is read from the
+    spooled file it was parsed into, never copied whole into memory.
     """
     limit = state.settings.max_upload_bytes
     if state.store.current is None:
         raise waiting_error(state)
-    if file.size is not None and file.size > limit:
-        raise HTTPException(413, f"file is {file.size:,} bytes, over the {limit:,}-byte upload limit")
-    data = await file.read()
-    if len(data) > limit:
-        raise HTTPException(413, f"file is {len(data):,} bytes, over the {limit:,}-byte upload limit")
+    size = file.size if file.size is not None else _spooled_size(file)
+    if size > limit:
+        raise HTTPException(413, f"file is {size:,} bytes, over the {limit:,}-byte upload limit")
     try:
-        img = open_image(data, state.settings.max_pixels)  # headers only
+        img = open_image(file.file, state.settings.max_pixels)  # headers only
         if img.width * img.height <= INLINE_DECODE_PIXELS:
             image = finish_image(img)  # a thumbnail decodes faster than a thread hand-off
         else:
-            image = await run_in_threadpool(finish_image, img)
+            image = await state.decoder.run(finish_image, img)
     except ImageRejected as exc:
         raise HTTPException(exc.status, exc.reason) from None
+    except DecoderBusy as exc:
+        raise HTTPException(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
     try:
         probs, loaded = await state.batcher.submit(image)
     except NoModelYet:
         raise waiting_error(state) from None
+    except InferenceFailed as exc:
+        raise HTTPException(503, f"the served model cannot answer: {exc}", {"Retry-After": "10"}) from None
     top = torch.topk(probs, k=min(TOP_K, probs.numel()))
     predictions = [
         Prediction(class_id=int(c), label=state.labels[int(c)], probability=float(p))
         for p, c in zip(top.values.tolist(), top.indices.tolist(), strict=True)
     ]
     return PredictResponse(predictions=predictions, model_round=loaded.round)
+
+
+def _spooled_size(file: UploadFile) -> int:
+    fp = file.file
+    position = fp.tell()
+    size = fp.seek(0, 2)
+    fp.seek(position)
+    return size

@@ -71,6 +71,18 @@ function showStatus(run) {
   }
 }
 
+function showTrainer(trainer) {
+  // Training run beside the server (make run): a failure leaves the server serving the last model.
+  const box = document.getElementById("trainer-error");
+  const failed = trainer != null && trainer.state === "failed";
+  box.hidden = !failed;
+  if (failed) {
+    const why = trainer.detail ? `: ${trainer.detail}` : "";
+    box.textContent = `training stopped with exit code ${trainer.exit_code}${why}. ` +
+      "Still serving the last model; fix the cause and start make run again to resume.";
+  }
+}
+
 function showCurves(m) {
   const x = m.round;
   const percent = (v) => `${(100 * v).toFixed(0)}%`;
@@ -107,6 +119,7 @@ async function poll() {
     if (r.ok) {
       errorBox.hidden = true;
       showStatus(r.body);
+      showTrainer(r.body.trainer);
       showCurves(r.body.metrics);
       showPartition(r.body);
       showModelBadge(r.body.model);
