@@ -37,6 +37,7 @@ message). The `flwr` CLI talks to the SuperLink through a project-local Flower h
 from __future__ import annotations
 
 import ssl
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +52,7 @@ from fedcifar.flower.procs import LOOPBACK, MARKER_ENV, child_env, client_host, 
 
 __all__ = ["CONNECTION", "STATE_FILE", "Federation", "FederationError", "Node", "RunResult", "format_node_config"]
 
+CLIENTAPP_MODES = ("fresh", "warm")  # a new flwr-clientapp process per message, or one forked warm (warm.py)
 NodeConfig = str | Mapping[str, object]  # a --node-config string, or its values (`format_node_config`)
 
 
@@ -125,6 +127,7 @@ class Federation(ProcessGroup):
         database: str | Path | None = None,
         poll_interval: float | None = None,
         timeout: float | None = None,
+        clientapp: str = "fresh",
     ) -> Federation:
         """Start a SuperLink and `nodes` SuperNodes and wait until every node is online.
 
@@ -137,12 +140,17 @@ class Federation(ProcessGroup):
         ServerApp and ClientApp processes included. `database` keeps the SuperLink's state in a
         file (default: in memory). `poll_interval` is how often (s) each SuperExec asks for work
         (Flower's default 1 s; 0.2 s makes short test runs faster). `timeout` (default 30 s plus
-        2 s a node) bounds the start. On any failure whatever was started is stopped.
+        2 s a node) bounds the start. `clientapp="warm"` starts each SuperNode with ``--isolation
+        process`` and fedcifar's SuperExec beside it (`warm.py`: each message's ClientApp process
+        is forked with torch and fedcifar already imported) instead of Flower's, which starts a
+        fresh ``flwr-clientapp`` per message. On any failure whatever was started is stopped.
         """
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses it otherwise)")
         if nodes < 1:
             raise ValueError(f"a federation needs at least one SuperNode, got nodes={nodes}")
+        if clientapp not in CLIENTAPP_MODES:
+            raise ValueError(f"clientapp is one of {', '.join(CLIENTAPP_MODES)}, got {clientapp!r}")
         workdir = Path(workdir).resolve()
         if (workdir / STATE_FILE).exists() and Federation.attach(workdir).pids():
             raise FederationError(f"a federation is still running from {workdir}: call down() first")
@@ -150,6 +158,7 @@ class Federation(ProcessGroup):
         if poll_interval is not None:
             env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(poll_interval)
         state = cls.new_state(host=host, port=free_ports(1, host)[0], tls=tls, auth=auth, certs=None, env=env)
+        state["clientapp"] = clientapp
         fed = cls(workdir, state)
         fed.save()
         try:
@@ -244,7 +253,14 @@ class Federation(ProcessGroup):
             node_config = format_node_config(node_config)
         if node_config:
             argv += ["--node-config", node_config]
+        warm = self.state.get("clientapp") == "warm"
+        if warm:  # its SuperExec is ours (warm.py), started beside it, not Flower's
+            argv += ["--isolation", "process"]
         record = self._spawn("supernode", f"supernode-{index}", argv, index=index, port=port, node_id=node_id)
+        if warm:
+            exec_argv = [sys.executable, "-m", "fedcifar.flower.warm", "--runtime-api-address", f"{LOOPBACK}:{port}"]
+            exec_argv += ["--insecure", "--parent-pid", str(record["pid"])]
+            self._spawn("superexec", f"superexec-{index}", exec_argv, index=index)
         return Node(index, record["pid"], port, Path(record["log"]), node_id)
 
     def wait_online(self, nodes: int | Iterable[int], timeout: float = 60.0) -> set[int]:
