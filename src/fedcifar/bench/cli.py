@@ -18,12 +18,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--only", help="comma-separated subset of: fedcifar,paper-style,flower,flower-deployment,tta")
     bench.add_argument(
         "--flower-clientapp",
-        choices=["fresh", "warm"],
-        default="fresh",
-        help="flower-deployment: a fresh flwr-clientapp process per message (Flower's way) or a forked warm one",
+        choices=["warm", "fresh"],
+        default="warm",
+        help="flower-deployment: nodes as `fedcifar federation up` starts them (warm, the default) or with "
+        "Flower's own fresh flwr-clientapp process per message",
     )
     bench.add_argument(
-        "--flower-poll", type=float, default=1.0, help="flower-deployment: SuperExec task poll interval, s (default 1)"
+        "--flower-poll",
+        type=float,
+        help="flower-deployment: SuperExec task poll interval, s (default: warm 0.1, fresh 1)",
     )
     bench.add_argument(
         "--tta-target",
@@ -58,7 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scale = tuple(int(n) for n in args.scale.split(",")) if args.scale else ()
     except ValueError:
         raise UserError(f"--scale takes comma-separated client counts, got {args.scale!r}") from None
-    if not 0.01 <= args.flower_poll <= 60:
+    if args.flower_poll is not None and not 0.01 <= args.flower_poll <= 60:
         raise UserError(f"--flower-poll is seconds in [0.01, 60] (Flower's bounds), got {args.flower_poll}")
     opts = BenchOptions(
         workload,

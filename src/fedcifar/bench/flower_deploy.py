@@ -1,8 +1,9 @@
 """The benchmark's ``flower-deployment`` part: one workload through LocalBackend, then through a
 real Flower Deployment Engine federation on loopback (a SuperLink and N SuperNodes, TLS and
-SuperNode authentication on, as ``fedcifar federation up`` starts them), in one child process.
+SuperNode authentication on, warm ClientApps, as ``fedcifar federation up`` starts them), in one
+child process.
 
-``python -m fedcifar.bench.flower_deploy WORKLOAD OUT [--nodes 2] [--clientapp fresh|warm]``
+``python -m fedcifar.bench.flower_deploy WORKLOAD OUT [--nodes 2] [--clientapp warm|fresh] [--poll S] [--insecure]``
 
 One SuperNode is one client, so the federation has ``nodes`` clients and trains all of them
 every round; each trains a fixed number of steps, chosen so that a round trains as many images
@@ -15,14 +16,18 @@ Seconds per round are ``round_seconds - eval_seconds`` from each run's ``metrics
 (``FEDCIFAR_FLOWER_TRACE``) and the ClientApp's own timestamps, per fit message:
 
 * ``encode`` / ``push``: the server turns the weights into records and pushes them to the SuperLink;
-* ``to_process``: until the node's ClientApp process exists (the SuperNode pulls messages every
-  3 s when idle, its SuperExec asks for tasks every ``poll`` s, then forks or starts a process);
+* ``to_process``: until the node's ClientApp process exists (an idle SuperNode asks the SuperLink
+  for messages every 3 s, 0.2 s when warm; its SuperExec asks it for tasks every ``poll`` s, then
+  starts a process, or forks one when warm). It can be negative: a node may start while the
+  server is still uploading the arrays, and the ClientApp then waits for them in the next stage;
 * ``process_start``: from that process's start to the ClientApp handler (Python start-up and
-  imports for a fresh process; pulling the task and message from the node; installing the app);
+  imports for a fresh process; pulling the task and the message's arrays from the node;
+  installing the app);
 * ``prepare``: in the handler, before training (shard load and check, decoding, model build);
 * ``train``: the client's ``train_client`` (what LocalBackend's worker does, too);
 * ``reply``: from the end of training until the reply has landed at the server (encoding, push
-  to the node, the node's 0.5 s reply poll, push to the SuperLink, the server's 50 ms poll, pull);
+  to the node, the node's 0.5 s reply poll (0.2 s warm), push to the SuperLink, the server's
+  50 ms poll, pull);
 * ``decode``: the server reads the reply back into tensors.
 """
 
@@ -109,6 +114,12 @@ def breakdown(trace: list[dict[str, Any]], keep_rounds: set[int]) -> dict[str, A
     return out
 
 
+def _poll(clientapp: str, poll: float | None) -> float:
+    from fedcifar.flower.warm import TASK_POLL
+
+    return poll if poll is not None else (TASK_POLL if clientapp == "warm" else 1.0)
+
+
 def _clients(frame: pd.DataFrame) -> list[list[int]]:
     """Each round's clients, sorted (they are listed in arrival order)."""
     return [sorted(int(c) for c in str(cs).split()) for cs in frame["clients"]]
@@ -121,7 +132,14 @@ def run_local(cfg: Config, data, run_dir: Path) -> pd.DataFrame:
 
 
 def run_flower(
-    cfg_values: dict[str, Any], data, data_dir: Path, work: Path, nodes: int, clientapp: str, poll: float, tls: bool
+    cfg_values: dict[str, Any],
+    data,
+    data_dir: Path,
+    work: Path,
+    nodes: int,
+    clientapp: str,
+    poll: float | None,
+    tls: bool,
 ) -> dict[str, Any]:
     """Export the shards, start the federation, run the config through it, stop it."""
     import fedcifar.flower
@@ -171,7 +189,7 @@ def run_flower(
     }
 
 
-def run(w: Workload, nodes: int, clientapp: str, poll: float, tls: bool) -> dict[str, Any]:
+def run(w: Workload, nodes: int, clientapp: str, poll: float | None, tls: bool) -> dict[str, Any]:
     from fedcifar.data.cifar100 import load_cifar100, resolve_data_dir
 
     t_start = time.perf_counter()
@@ -192,10 +210,10 @@ def run(w: Workload, nodes: int, clientapp: str, poll: float, tls: bool) -> dict
     return {
         "impl": "flower-deployment",
         "runtime": f"SuperLink + {nodes} SuperNodes on 127.0.0.1 ({'TLS + SuperNode auth' if tls else 'no TLS'}), "
-        f"{clientapp} ClientApp per message, SuperExec poll {poll:g} s",
+        f"{clientapp} ClientApp per message, SuperExec poll {_poll(clientapp, poll):g} s",
         "nodes": nodes,
         "clientapp": clientapp,
-        "superexec_poll_seconds": poll,
+        "superexec_poll_seconds": _poll(clientapp, poll),
         "tls": tls,
         "config": values,
         "train_images": [int(x) for x in flower["frame"]["train_images"]],
@@ -225,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workload")
     parser.add_argument("out")
     parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--clientapp", choices=["fresh", "warm"], default="fresh")
-    parser.add_argument("--poll", type=float, default=1.0, help="SuperExec task poll interval, s (Flower's default 1)")
+    parser.add_argument("--clientapp", choices=["fresh", "warm"], default="warm")
+    parser.add_argument("--poll", type=float, help="SuperExec task poll interval, s (default: fresh 1, warm 0.1)")
     parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
     args = parser.parse_args(argv)
     result = run(Workload.load(args.workload), args.nodes, args.clientapp, args.poll, not args.insecure)

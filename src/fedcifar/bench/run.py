@@ -53,8 +53,8 @@ class BenchOptions:
     tta_max_rounds: int = 40
     tta_overrides: tuple[str, ...] = ()  # KEY=VALUE on top of paper-cpu (tests shrink the run)
     flower_nodes: int = 2  # flower-deployment: SuperNodes (one client each) on loopback
-    flower_clientapp: str = "fresh"  # "fresh": Flower's own flwr-clientapp per message; "warm": forked (warm.py)
-    flower_poll: float = 1.0  # SuperExec task poll interval, s (Flower's default 1)
+    flower_clientapp: str = "warm"  # as `fedcifar federation up`; "fresh": Flower's own flwr-clientapp per message
+    flower_poll: float | None = None  # SuperExec task poll interval, s (None: fresh 1, Flower's; warm 0.1)
     flower_tls: bool = True  # TLS and SuperNode authentication, as `fedcifar federation up` has them
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -124,7 +124,7 @@ def commands(opts: BenchOptions, workload_file: Path, out: Callable[[str], Path]
         "flower-deployment": [
             *[py, "-m", "fedcifar.bench.flower_deploy", w, str(out("flower-deployment"))],
             *["--nodes", str(opts.flower_nodes), "--clientapp", opts.flower_clientapp],
-            *["--poll", f"{opts.flower_poll:g}"],
+            *(["--poll", f"{opts.flower_poll:g}"] if opts.flower_poll is not None else []),
             *([] if opts.flower_tls else ["--insecure"]),
         ],
     }

@@ -29,6 +29,7 @@ from fedcifar.client.evaluate import EvalCounts, eval_counts
 from fedcifar.config import Config
 from fedcifar.federation import model_spec
 from fedcifar.flower import codec
+from fedcifar.flower.warm import quick_pulls
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
@@ -54,6 +55,7 @@ class FlowerBackend:
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.workers = cfg.clients_per_round
         self.trace = os.environ.get(TRACE_ENV) or None
+        quick_pulls()  # a reply announced before its arrays are up is retried within 0.5 s, not 10
         self.pushed = (0.0, 0.0)  # Unix seconds around the last push_messages
 
     # -- talking to nodes ---------------------------------------------------------------------

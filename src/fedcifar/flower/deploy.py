@@ -142,8 +142,9 @@ class Federation(ProcessGroup):
         (Flower's default 1 s; 0.2 s makes short test runs faster). `timeout` (default 30 s plus
         2 s a node) bounds the start. `clientapp="warm"` starts each SuperNode with ``--isolation
         process`` and fedcifar's SuperExec beside it (`warm.py`: each message's ClientApp process
-        is forked with torch and fedcifar already imported) instead of Flower's, which starts a
-        fresh ``flwr-clientapp`` per message. On any failure whatever was started is stopped.
+        is forked with torch and fedcifar already imported; Flower's SuperExec starts a fresh
+        ``flwr-clientapp`` per message), and shortens the SuperNode's polls and pull retries
+        (`warm.py`). On any failure whatever was started is stopped.
         """
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses it otherwise)")
@@ -242,7 +243,9 @@ class Federation(ProcessGroup):
         """
         index = len(self.nodes)
         port = free_ports(1)[0]
-        argv = ["flower-supernode", "--superlink", self.address, "--host", LOOPBACK, "--port", str(port)]
+        warm = self.state.get("clientapp") == "warm"
+        program = [sys.executable, "-m", "fedcifar.flower.warm", "supernode"] if warm else ["flower-supernode"]
+        argv = [*program, "--superlink", self.address, "--host", LOOPBACK, "--port", str(port)]
         if self.tls:
             argv += ["--root-certificates", str(Path(root_certificates or self.ca).resolve())]
         else:
@@ -253,7 +256,6 @@ class Federation(ProcessGroup):
             node_config = format_node_config(node_config)
         if node_config:
             argv += ["--node-config", node_config]
-        warm = self.state.get("clientapp") == "warm"
         if warm:  # its SuperExec is ours (warm.py), started beside it, not Flower's
             argv += ["--isolation", "process"]
         record = self._spawn("supernode", f"supernode-{index}", argv, index=index, port=port, node_id=node_id)
