@@ -192,3 +192,115 @@ def test_partition_plot_of_a_thousand_clients_is_one_raster(tmp_path, monkeypatc
     path = plot_partition(counts, tmp_path / "p.png")
     assert path.stat().st_size > 0
     assert len(bars) == 1  # only the size panel; the composition is an image, not 100 bar series
+
+
+# -- flower-deployment: LocalBackend against a SuperLink + SuperNodes on loopback ------------------
+
+
+def _trace_line(round_, client, failure=""):
+    metrics = {"app_process_start": 103.0, "app_start": 104.5, "app_prepare": 0.5, "seconds": 10.0}
+    return {
+        "round": round_,
+        "client": client,
+        "encode_start": 100.0,
+        "encode_end": 100.25,
+        "push_start": 100.5,
+        "push_end": 101.5,
+        "arrived": 116.0,
+        "decoded": 116.25,
+        "failure": failure,
+        "metrics": {} if failure else metrics,
+    }
+
+
+def test_a_fit_message_timeline_splits_into_stages():
+    from fedcifar.bench.flower_deploy import breakdown, stages
+
+    assert stages(_trace_line(2, 0)) == {
+        "encode": 0.25,
+        "push": 1.0,
+        "to_process": 1.5,
+        "process_start": 1.5,
+        "prepare": 0.5,
+        "train": 10.0,
+        "reply": 1.0,  # 116 - (104.5 + 0.5 + 10)
+        "decode": 0.25,
+    }
+    assert stages(_trace_line(2, 1, failure="no reply")) is None
+    b = breakdown([_trace_line(1, 0), _trace_line(2, 0), _trace_line(2, 1, failure="x")], keep_rounds={2})
+    assert b["messages"] == 1 and b["median_seconds"]["train"] == 10.0
+    assert breakdown([], {2}) == {"messages": 0}
+
+
+def test_deployment_workload_trains_the_shared_workloads_images_per_round():
+    from fedcifar.bench.flower_deploy import deployment_config, deployment_values
+
+    values = deployment_values(Workload(clients_per_round=4, local_epochs=1), 2, 3125.0, cores=2)
+    cfg = deployment_config(values)
+    assert (cfg.num_clients, cfg.clients_per_round, cfg.local_steps) == (2, 2, 24)  # 3125 / (2 x 64)
+    assert (cfg.workers, cfg.threads_per_worker, cfg.compile) == (2, 1, "off")
+
+
+def test_deployment_summary_and_table():
+    r = {
+        "runtime": "SuperLink + 2 SuperNodes",
+        "config": {"num_clients": 2, "local_steps": 24, "batch_size": 64, "rounds": 3, "workers": 2},
+        "same_clients": True,
+        "local_seconds_per_round": 20.0,
+        "seconds_per_round": 21.0,
+        "local_fit_seconds": [25.0, 20.0, 20.0],
+        "fit_seconds": [30.0, 21.0, 21.0],
+        "overhead_ratio": 1.05,
+        "up_seconds": 9.0,
+        "run_start_seconds": 12.0,
+        "breakdown": {
+            "messages": 1,
+            "median_seconds": dict.fromkeys(("encode", "push", "to_process", "process_start"), 0.1)
+            | dict.fromkeys(("prepare", "train", "reply", "decode"), 0.2),
+            "max_seconds": dict.fromkeys(
+                ("encode", "push", "to_process", "process_start", "prepare", "train", "reply", "decode"), 0.3
+            ),
+        },
+    }
+    r["config"]["threads_per_worker"] = 1
+    s = summarize({"flower-deployment": r}, None)
+    assert s["flower_deployment_overhead"] == pytest.approx(0.05) and s["flower_deployment_met"] is True
+    table = markdown({"workload_text": "w", "results": {"flower-deployment": r}, "summary": s})
+    assert "| FlowerBackend | 21.0 | 21.0 |" in table and "1.05x (+5 %" in table and "| process_start |" in table
+
+
+def test_warm_clientapps_shorten_flowers_waits():
+    import flwr.supercore.inflatable.inflatable_utils as iu
+
+    from fedcifar.flower.warm import PULL_RETRY, _ShortSleeps, quick_pulls
+
+    saved = [dict(f.__kwdefaults__) for f in (iu.pull_objects, iu.pull_and_inflate_object_from_tree)]
+    try:
+        quick_pulls()  # raises if this Flower's pull functions lost those keyword arguments
+        assert all(iu.pull_objects.__kwdefaults__[k] == v for k, v in PULL_RETRY.items())
+    finally:
+        iu.pull_objects.__kwdefaults__, iu.pull_and_inflate_object_from_tree.__kwdefaults__ = saved
+    short = _ShortSleeps(0.01)
+    t0 = time.perf_counter()
+    short.sleep(3)
+    assert time.perf_counter() - t0 < 1.0 and short.monotonic() > 0  # everything else is `time`'s
+
+
+def test_tiny_flower_deployment_bench(tmp_path, cifar):
+    w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
+    opts = BenchOptions(
+        w,
+        tmp_path,
+        ("flower-deployment",),
+        scale_clients=(),
+        flower_clientapp="warm",
+        flower_poll=0.1,
+        flower_tls=False,
+    )
+    r = run_bench(opts, say=lambda _line: None)["results"]["flower-deployment"]
+    assert "error" not in r, r
+    assert r["same_clients"] and r["clients_failed"] == 0 and r["train_images"] == [32, 32]
+    assert len(r["round_seconds"]) == len(r["local_round_seconds"]) == 2 and r["overhead_ratio"] > 0
+    assert r["breakdown"]["messages"] == 2 and r["breakdown"]["median_seconds"]["train"] > 0  # round 2, 2 nodes
+    assert r["processes"] >= 5  # SuperLink, 2 SuperNodes and their 2 warm SuperExecs at least
+    assert "| FlowerBackend |" in (tmp_path / "bench.md").read_text()

@@ -15,7 +15,19 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--rounds", type=int, help="rounds per implementation (round 1 is warm-up; default 3)")
     bench.add_argument("--clients", type=int, help="clients trained per round (default 16)")
     bench.add_argument("--epochs", type=int, help="local epochs (default 2)")
-    bench.add_argument("--only", help="comma-separated subset of: fedcifar,paper-style,flower,tta")
+    bench.add_argument("--only", help="comma-separated subset of: fedcifar,paper-style,flower,flower-deployment,tta")
+    bench.add_argument(
+        "--flower-clientapp",
+        choices=["warm", "fresh"],
+        default="warm",
+        help="flower-deployment: nodes as `fedcifar federation up` starts them (warm, the default) or with "
+        "Flower's own fresh flwr-clientapp process per message",
+    )
+    bench.add_argument(
+        "--flower-poll",
+        type=float,
+        help="flower-deployment: SuperExec task poll interval, s (default: warm 0.1, fresh 1)",
+    )
     bench.add_argument(
         "--tta-target",
         type=float,
@@ -49,7 +61,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scale = tuple(int(n) for n in args.scale.split(",")) if args.scale else ()
     except ValueError:
         raise UserError(f"--scale takes comma-separated client counts, got {args.scale!r}") from None
-    opts = BenchOptions(workload, Path(args.out), only, scale, tta_target=args.tta_target)
+    if args.flower_poll is not None and not 0.01 <= args.flower_poll <= 60:
+        raise UserError(f"--flower-poll is seconds in [0.01, 60] (Flower's bounds), got {args.flower_poll}")
+    opts = BenchOptions(
+        workload,
+        Path(args.out),
+        only,
+        scale,
+        tta_target=args.tta_target,
+        flower_clientapp=args.flower_clientapp,
+        flower_poll=args.flower_poll,
+    )
     bench = run_bench(opts, say=lambda line: print(line, file=sys.stderr, flush=True))
     print((Path(args.out) / "bench.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'bench.json'}", file=sys.stderr)

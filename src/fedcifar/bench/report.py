@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 TARGETS = {
@@ -9,6 +10,7 @@ TARGETS = {
     "speedup_vs_flower_seconds_per_round": 2.0,
     "fraction_of_peak_matmul": 0.90,
     "overhead_fraction_max": 0.02,
+    "flower_deployment_overhead_max": 0.10,
 }
 
 
@@ -16,6 +18,10 @@ def summarize(results: dict[str, dict[str, Any]], probe: dict[str, Any] | None) 
     """Ratios fedcifar/paper-style and fedcifar/Flower, FLOP/s use, overhead; None where missing."""
     ours = results.get("fedcifar")
     out: dict[str, Any] = {"targets": TARGETS}
+    deployment = results.get("flower-deployment")
+    if deployment:
+        out["flower_deployment_overhead"] = deployment["overhead_ratio"] - 1.0
+        out["flower_deployment_met"] = out["flower_deployment_overhead"] <= TARGETS["flower_deployment_overhead_max"]
     if not ours:
         return out
     paper, flower = results.get("paper-style"), results.get("flower")
@@ -95,7 +101,62 @@ def markdown(bench: dict[str, Any]) -> str:
         for n, r in sorted(scale.items(), key=lambda kv: int(kv[0])):
             lines.append(f"| {n} | {_fmt(r.get('peak_rss_self_mb'), '.0f')} |")
     lines += _time_to_accuracy_lines(bench.get("time_to_accuracy") or {})
+    lines += deployment_lines(results.get("flower-deployment"))
     return "\n".join(lines) + "\n"
+
+
+STAGE_TEXT = {
+    "encode": "server: weights -> records",
+    "push": "server: push to the SuperLink",
+    "to_process": "until the node's ClientApp process exists",
+    "process_start": "process start to handler (start-up, imports, task + message pull)",
+    "prepare": "handler: shard load + check, decode, model build",
+    "train": "train_client (the work LocalBackend does too)",
+    "reply": "training end to reply at the server",
+    "decode": "server: records -> weights",
+}
+
+
+def deployment_lines(r: dict[str, Any] | None) -> list[str]:
+    """The flower-deployment part: both backends' seconds per round, the ratio, and the stages."""
+    if not r:
+        return []
+    if "error" in r:
+        return ["", f"Flower Deployment Engine: failed: {r['error']}"]
+    cfg = r["config"]
+    lines = [
+        "",
+        f"Flower Deployment Engine: {r['runtime']}. Workload: ResNet-18, {cfg['num_clients']} clients "
+        f"(one per SuperNode), all trained every round, {cfg['local_steps']} steps of batch {cfg['batch_size']} "
+        f"each, {cfg['rounds']} rounds; the same config and seed through LocalBackend "
+        f"({cfg['workers']} workers x {cfg['threads_per_worker']} thread). Same clients: {r['same_clients']}.",
+        "",
+        "| backend | s/round (median) | fit phase, s (median) |",
+        "|---|---:|---:|",
+        f"| LocalBackend | {r['local_seconds_per_round']:.1f} | {_median_measured(r['local_fit_seconds']):.1f} |",
+        f"| FlowerBackend | {r['seconds_per_round']:.1f} | {_median_measured(r['fit_seconds']):.1f} |",
+        "",
+        f"Flower / LocalBackend, seconds per round: {r['overhead_ratio']:.2f}x "
+        f"({(r['overhead_ratio'] - 1) * 100:+.0f} %; target ≤ +10 %). Start-up, not in the rounds: "
+        f"`up` {r['up_seconds']:.0f} s, submit to first fit message {r['run_start_seconds']:.0f} s.",
+    ]
+    stages = r.get("breakdown", {})
+    if stages.get("messages"):
+        lines += [
+            "",
+            f"Where a fit message's time goes ({stages['messages']} messages of the measured rounds):",
+            "",
+            "| stage | what | median s | max s |",
+            "|---|---|---:|---:|",
+        ]
+        for key, text in STAGE_TEXT.items():
+            lines.append(f"| {key} | {text} | {stages['median_seconds'][key]:.2f} | {stages['max_seconds'][key]:.2f} |")
+    return lines
+
+
+def _median_measured(values: list[float]) -> float:
+    kept = values[1:] if len(values) > 1 else values
+    return statistics.median(kept)
 
 
 def _time_to_accuracy_lines(tta: dict[str, dict[str, Any]]) -> list[str]:

@@ -30,7 +30,7 @@ from fedcifar.bench.workload import Workload
 from fedcifar.data.cifar100 import DataError, resolve_data_dir
 from fedcifar.track.io import atomic_write_text
 
-IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower")
+IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower", "flower-deployment")
 PARTS = (*IMPLEMENTATIONS, "tta")  # tta: time to a test accuracy on paper-cpu, fast default vs fp32
 TTA_PRECISIONS = ("auto", "fp32")
 QUICK = {"rounds": 3, "clients_per_round": 4, "local_epochs": 1}
@@ -52,6 +52,10 @@ class BenchOptions:
     tta_target: float = 0.2
     tta_max_rounds: int = 40
     tta_overrides: tuple[str, ...] = ()  # KEY=VALUE on top of paper-cpu (tests shrink the run)
+    flower_nodes: int = 2  # flower-deployment: SuperNodes (one client each) on loopback
+    flower_clientapp: str = "warm"  # as `fedcifar federation up`; "fresh": Flower's own flwr-clientapp per message
+    flower_poll: float | None = None  # SuperExec task poll interval, s (None: fresh 1, Flower's; warm 0.1)
+    flower_tls: bool = True  # TLS and SuperNode authentication, as `fedcifar federation up` has them
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -117,6 +121,12 @@ def commands(opts: BenchOptions, workload_file: Path, out: Callable[[str], Path]
         "fedcifar": [py, "-m", "fedcifar.bench.impl", "engine", w, str(out("fedcifar"))],
         "paper-style": [py, str(opts.benchmarks_dir / "paper_style.py"), w, str(out("paper-style"))],
         "flower": [py, str(opts.benchmarks_dir / "flower_app" / "simulate.py"), w, str(out("flower"))],
+        "flower-deployment": [
+            *[py, "-m", "fedcifar.bench.flower_deploy", w, str(out("flower-deployment"))],
+            *["--nodes", str(opts.flower_nodes), "--clientapp", opts.flower_clientapp],
+            *(["--poll", f"{opts.flower_poll:g}"] if opts.flower_poll is not None else []),
+            *([] if opts.flower_tls else ["--insecure"]),
+        ],
     }
     for precision in TTA_PRECISIONS:
         cmds[f"tta-{precision}"] = [

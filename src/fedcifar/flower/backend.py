@@ -6,10 +6,17 @@ pushed to the nodes at once and their replies pulled as they arrive, so the loop
 result as soon as it lands. A node that is not connected, sends an error reply or does not
 answer within ``round_timeout`` seconds becomes a :class:`~fedcifar.messages.ClientFailure`.
 The global test set stays with the server, which evaluates it itself.
+
+With ``FEDCIFAR_FLOWER_TRACE=FILE`` in its environment, the backend appends one JSON line per
+fit message to FILE: when it was encoded and pushed, when its reply landed and was decoded (Unix
+seconds, so they line up with the ClientApp's own timestamps), and the reply's metrics.
+``fedcifar bench`` reads it to say where a round's time goes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 
@@ -22,12 +29,14 @@ from fedcifar.client.evaluate import EvalCounts, eval_counts
 from fedcifar.config import Config
 from fedcifar.federation import model_spec
 from fedcifar.flower import codec
+from fedcifar.flower.warm import quick_pulls
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
 from fedcifar.strategy.population import Population
 
 POLL_SECONDS = 0.05  # between pulls for replies (Flower's own send_and_receive sleeps 3 s)
+TRACE_ENV = "FEDCIFAR_FLOWER_TRACE"  # a JSONL file of fit-message timings (off when unset)
 
 
 class NodesMissing(RuntimeError):
@@ -45,12 +54,17 @@ class FlowerBackend:
         self.model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.workers = cfg.clients_per_round
+        self.trace = os.environ.get(TRACE_ENV) or None
+        quick_pulls()  # a reply announced before its arrays are up is retried within 0.5 s, not 10
+        self.pushed = (0.0, 0.0)  # Unix seconds around the last push_messages
 
     # -- talking to nodes ---------------------------------------------------------------------
 
     def _exchange(self, messages: dict[int, Message], timeout: float) -> Iterator[tuple[int, Message | None, str]]:
         """Push one message per client; yield (client, reply or None, failure reason) as replies land."""
+        start = time.time()
         ids = dict(zip(self.grid.push_messages(messages.values()), messages, strict=True))
+        self.pushed = (start, time.time())
         deadline = time.monotonic() + timeout if timeout > 0 else None
         while ids:
             for reply in self.grid.pull_messages(list(ids)):
@@ -102,21 +116,43 @@ class FlowerBackend:
     def fit(
         self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask]
     ) -> Iterator[ClientResult | ClientFailure]:
-        messages = {}
+        messages, encoded = {}, {}
         for task in tasks:
             if task.client_id in self.nodes:
+                start = time.time()
                 content = codec.encode_fit(self.cfg, task.client_id, task.instructions, global_weights)
                 messages[task.client_id] = self._message(task.client_id, content, MessageType.TRAIN, str(server_round))
+                encoded[task.client_id] = (start, time.time())
             else:
                 yield ClientFailure(task.client_id, "no SuperNode for this client")
         for client, reply, reason in self._exchange(messages, self.cfg.round_timeout):
+            arrived = time.time()
             if reply is None:
-                yield ClientFailure(client, reason)
-                continue
-            try:
-                yield codec.decode_result(reply.content)
-            except (KeyError, ValueError, TypeError) as exc:
-                yield ClientFailure(client, f"malformed reply: {type(exc).__name__}: {exc}")
+                result: ClientResult | ClientFailure = ClientFailure(client, reason)
+            else:
+                try:
+                    result = codec.decode_result(reply.content)
+                except (KeyError, ValueError, TypeError) as exc:
+                    result = ClientFailure(client, f"malformed reply: {type(exc).__name__}: {exc}")
+            if self.trace:
+                self._trace(server_round, client, encoded[client], arrived, result)
+            yield result
+
+    def _trace(self, server_round: int, client: int, encoded: tuple[float, float], arrived: float, result) -> None:
+        line = {
+            "round": server_round,
+            "client": client,
+            "encode_start": encoded[0],
+            "encode_end": encoded[1],
+            "push_start": self.pushed[0],
+            "push_end": self.pushed[1],
+            "arrived": arrived,
+            "decoded": time.time(),
+            "failure": getattr(result, "reason", ""),
+            "metrics": getattr(result, "metrics", {}),
+        }
+        with open(self.trace, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def evaluate(self, weights: Weights) -> EvalCounts:
         return eval_counts(self.model, weights, self.test_x, self.test_y, self.runtime, self.cfg.eval_batch_size)

@@ -85,6 +85,13 @@ def _add_up_parser(cmds: argparse._SubParsersAction) -> None:
         help="address the SuperLink listens on (default: 127.0.0.1; the SuperNodes' own ports stay on 127.0.0.1, "
         "and the certificate covers this address, 127.0.0.1 and localhost)",
     )
+    up.add_argument(
+        "--clientapp",
+        choices=["warm", "fresh"],
+        default="warm",
+        help="warm (default): each message's ClientApp is forked from a process that imported torch and fedcifar "
+        "once; fresh: Flower's own new flwr-clientapp process per message (seconds of imports each)",
+    )
     _add_config_args(up, "paper")
     up.set_defaults(func=cmd_up)
 
@@ -207,6 +214,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 auth=not (args.insecure or args.no_auth),
                 node_config=lambda i: {"partition-id": i, "data-path": str(shards)},
                 host=args.host,
+                clientapp=args.clientapp,
             )
     except KeyboardInterrupt:
         print("fedcifar: interrupted; stopped every process `up` had started", file=sys.stderr)

@@ -18,6 +18,7 @@ resumed run has a new run id). A failed update leaves it as it was.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
@@ -31,6 +32,7 @@ from fedcifar.data.shards import load_shard, shard_path
 from fedcifar.errors import one_line
 from fedcifar.federation import NUM_CLASSES, loss_sample, model_spec
 from fedcifar.flower import codec
+from fedcifar.flower.procs import process_start_unix
 from fedcifar.messages import ClientState
 from fedcifar.runtime import Runtime, resolve_runtime
 
@@ -91,6 +93,7 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    started = time.time()
     try:
         client_id, images, labels = node_client(context)
         cfg, wanted, instructions, weights = codec.decode_fit(msg.content)
@@ -99,10 +102,15 @@ def train(msg: Message, context: Context) -> Message:
         runtime = client_runtime(cfg)
         model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
         state = codec.state_from_records(context.state)
+        prepared = time.time()
         result = train_client(model, weights, images, labels, instructions, runtime, client_id, state)
     except (DataError, ValueError, RuntimeError, KeyError) as exc:
         return _fail(msg, exc)
     keep_state(context, result.state)
+    # Where the time goes (`fedcifar bench`): this process's start, this handler's, and shard + model setup.
+    result.metrics.update(
+        app_process_start=process_start_unix() or 0.0, app_start=started, app_prepare=prepared - started
+    )
     return Message(codec.encode_result(result), reply_to=msg)
 
 

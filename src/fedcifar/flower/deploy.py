@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import sys
 import tempfile
 import time
 import urllib.request
@@ -66,6 +67,7 @@ __all__ = [
     "format_node_config",
 ]
 
+CLIENTAPP_MODES = ("fresh", "warm")  # a new flwr-clientapp process per message, or one forked warm (warm.py)
 NodeConfig = str | Mapping[str, object]  # a --node-config string, or its values (`format_node_config`)
 
 
@@ -140,6 +142,7 @@ class Federation(ProcessGroup):
         database: str | Path | None = None,
         poll_interval: float | None = None,
         timeout: float | None = None,
+        clientapp: str = "fresh",
     ) -> Federation:
         """Start a SuperLink and `nodes` SuperNodes and wait until every node is online.
 
@@ -152,12 +155,18 @@ class Federation(ProcessGroup):
         ServerApp and ClientApp processes included. `database` keeps the SuperLink's state in a
         file (default: in memory). `poll_interval` is how often (s) each SuperExec asks for work
         (Flower's default 1 s; 0.2 s makes short test runs faster). `timeout` (default 30 s plus
-        2 s a node) bounds the start. On any failure whatever was started is stopped.
+        2 s a node) bounds the start. `clientapp="warm"` starts each SuperNode with ``--isolation
+        process`` and fedcifar's SuperExec beside it (`warm.py`: each message's ClientApp process
+        is forked with torch and fedcifar already imported; Flower's SuperExec starts a fresh
+        ``flwr-clientapp`` per message), and shortens the SuperNode's polls and pull retries
+        (`warm.py`). On any failure whatever was started is stopped.
         """
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses it otherwise)")
         if nodes < 1:
             raise ValueError(f"a federation needs at least one SuperNode, got nodes={nodes}")
+        if clientapp not in CLIENTAPP_MODES:
+            raise ValueError(f"clientapp is one of {', '.join(CLIENTAPP_MODES)}, got {clientapp!r}")
         workdir = Path(workdir).resolve()
         if (workdir / STATE_FILE).exists() and Federation.attach(workdir).pids():
             raise FederationError(f"a federation is still running from {workdir}: call down() first")
@@ -165,6 +174,7 @@ class Federation(ProcessGroup):
         if poll_interval is not None:
             env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(poll_interval)
         state = cls.new_state(host=host, port=free_ports(1, host)[0], tls=tls, auth=auth, certs=None, env=env)
+        state["clientapp"] = clientapp
         fed = cls(workdir, state)
         fed.save()
         try:
@@ -301,7 +311,9 @@ class Federation(ProcessGroup):
         """
         index = len(self.nodes)
         port = free_ports(1)[0]
-        argv = ["flower-supernode", "--superlink", self.address, "--host", LOOPBACK, "--port", str(port)]
+        warm = self.state.get("clientapp") == "warm"
+        program = [sys.executable, "-m", "fedcifar.flower.warm", "supernode"] if warm else ["flower-supernode"]
+        argv = [*program, "--superlink", self.address, "--host", LOOPBACK, "--port", str(port)]
         if self.tls:
             argv += ["--root-certificates", str(Path(root_certificates or self.ca).resolve())]
         else:
@@ -312,7 +324,13 @@ class Federation(ProcessGroup):
             node_config = format_node_config(node_config)
         if node_config:
             argv += ["--node-config", node_config]
+        if warm:  # its SuperExec is ours (warm.py), started beside it, not Flower's
+            argv += ["--isolation", "process"]
         record = self._spawn("supernode", f"supernode-{index}", argv, index=index, port=port, node_id=node_id)
+        if warm:
+            exec_argv = [sys.executable, "-m", "fedcifar.flower.warm", "--runtime-api-address", f"{LOOPBACK}:{port}"]
+            exec_argv += ["--insecure", "--parent-pid", str(record["pid"])]
+            self._spawn("superexec", f"superexec-{index}", exec_argv, index=index)
         return Node(index, record["pid"], port, Path(record["log"]), node_id)
 
     def wait_online(self, nodes: int | Iterable[int], timeout: float = 60.0) -> set[int]:

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -43,6 +44,19 @@ def start_time(pid: int) -> int | None:
     """The process's start time (clock ticks since boot): with the pid, it names one process."""
     stat = _stat(pid)
     return stat[2] if stat else None
+
+
+def process_start_unix(pid: int | None = None) -> float | None:
+    """When the process started, in seconds since the epoch (10 ms resolution); None if it is gone.
+
+    Processes on one machine share the clock, so the benchmark puts a ClientApp's start on the
+    server's timeline with it (for a forked ClientApp, the start is the fork).
+    """
+    ticks = start_time(os.getpid() if pid is None else pid)
+    if ticks is None:
+        return None
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")  # start time counts from boot
+    return time.time() - age
 
 
 def alive(pid: int, started: int | None = None) -> bool:
