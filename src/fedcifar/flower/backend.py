@@ -101,7 +101,7 @@ class FlowerBackend:
                 for node in self.grid.get_node_ids()
                 if node not in known
             }
-            for node, reply, _ in self._exchange(asked, timeout=30):
+            for node, reply, _ in self._exchange(asked, timeout=60):  # a cold ClientApp on a busy host is slow
                 if reply is not None:
                     m = reply.content[codec.METRICS]
                     client = int(m["client_id"])
