@@ -22,56 +22,103 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never try to download CIFAR-100")
 
 
+def _saved_run(run_dir: Path):
+    """A run directory's checkpoint and config, each checked (names, shapes) before anything trains."""
+    from fedcifar.federation import model_spec
+    from fedcifar.track.checkpoint import CHECKPOINT_FILE, check_weights, load_run
+
+    ckpt, cfg = load_run(run_dir)
+    check_weights(run_dir / CHECKPOINT_FILE, ckpt.weights, model_spec(cfg).build())
+    return ckpt, cfg
+
+
+def _saved_federated_run(run_dir: Path):
+    """(rounds completed, config) of the federated run in ``run_dir``."""
+    ckpt, cfg = _saved_run(run_dir)
+    if "centralized" in ckpt.meta:
+        raise UserError(f"{run_dir} holds a centralized run; continue it with fedcifar centralized --resume")
+    return ckpt.round, cfg
+
+
+def _with_rounds(cfg, overrides: dict[str, str]):
+    """``cfg`` with ``--set rounds=N`` applied, checked like any --set; other keys are refused."""
+    extra = sorted(set(overrides) - {"rounds"})
+    if extra:
+        raise UserError(f"a resumed run keeps its config; only --set rounds=N may change (got {extra})")
+    return config_from_dict({**cfg.to_dict(), **overrides})
+
+
+def _train_plan(args: argparse.Namespace, run_dir: Path, overrides: dict[str, str]):
+    """(config, resume) for ``fedcifar train``: a new run, or the one in ``run_dir`` continued."""
+    from fedcifar.config import load_yaml
+    from fedcifar.track.checkpoint import CHECKPOINT_FILE
+    from fedcifar.track.rundir import check_resumable, config_changes
+
+    saved = (run_dir / CHECKPOINT_FILE).exists()
+    if args.resume:
+        if args.config:
+            raise UserError("a resumed run keeps its config; drop --config")
+        if saved:
+            done, old = _saved_federated_run(run_dir)
+            cfg = _with_rounds(old, overrides)
+            check_resumable(run_dir, done, old, cfg)
+            return cfg, True
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir} holds no run (no {CHECKPOINT_FILE}, no config.yaml); start one with --out")
+        print(f"fedcifar: {run_dir} has no complete round; starting from round 1", file=sys.stderr)
+        return _with_rounds(config_from_dict(load_yaml(run_dir / "config.yaml")), overrides), False
+    cfg = build_config(args.preset, args.config, overrides)
+    if not saved:
+        return cfg, False
+    if not args.auto_resume:
+        raise UserError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --out")
+    done, old = _saved_federated_run(run_dir)
+    changed = config_changes(old, cfg)
+    if changed:
+        raise UserError(f"{run_dir} holds a run of another config ({changed}); only rounds may change")
+    check_resumable(run_dir, done, old, cfg)
+    return cfg, True
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fedcifar.data.cifar100 import load_cifar100
     from fedcifar.sim.engine import run_training
-    from fedcifar.track.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from fedcifar.track.lock import run_dir_lock
 
     overrides = parse_overrides(args.set or [])
-    resume_dir = args.resume
-    if args.out is None and resume_dir is None:
+    if args.out is None and args.resume is None:
         raise UserError("train needs --out RUN_DIR (or --resume RUN_DIR)")
-    if args.auto_resume and args.out and (Path(args.out) / CHECKPOINT_FILE).exists():
-        resume_dir = args.out
-    if resume_dir is not None:
-        if args.out and Path(args.out) != Path(resume_dir):
-            raise UserError("--out and --resume name different run directories")
-        ckpt = load_checkpoint(Path(resume_dir))
-        if "centralized" in ckpt.meta:
-            raise UserError(f"{resume_dir} holds a centralized run; continue it with fedcifar centralized --resume")
-        ckpt_cfg = config_from_dict(ckpt.meta["config"])
-        extra = set(overrides) - {"rounds"}
-        if extra or (args.config and not args.auto_resume):
-            raise UserError(f"a resumed run keeps its config; only --set rounds=N may change (got {sorted(extra)})")
-        cfg = ckpt_cfg.replace(**{"rounds": int(overrides["rounds"])}) if "rounds" in overrides else ckpt_cfg
-        run_dir = Path(resume_dir)
-    else:
-        cfg = build_config(args.preset, args.config, overrides)
-        run_dir = Path(args.out)
-        if (run_dir / CHECKPOINT_FILE).exists():
-            raise UserError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --out")
-    data = load_cifar100(args.data_dir, download=not args.no_download)
-    run_training(cfg, run_dir, data, resume=resume_dir is not None, progress=not args.quiet)
+    if args.out and args.resume and Path(args.out) != Path(args.resume):
+        raise UserError("--out and --resume name different run directories")
+    run_dir = Path(args.resume or args.out)
+    if args.resume and not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: no such run directory")
+    with run_dir_lock(run_dir):  # before reading anything: a second trainer stops here
+        cfg, resume = _train_plan(args, run_dir, overrides)
+        data = load_cifar100(args.data_dir, download=not args.no_download)
+        run_training(cfg, run_dir, data, resume=resume, progress=not args.quiet)
     return 0
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
     from fedcifar.centralized import run_centralized
     from fedcifar.data.cifar100 import load_cifar100
-    from fedcifar.track.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from fedcifar.track.checkpoint import CHECKPOINT_FILE
+    from fedcifar.track.lock import run_dir_lock
 
     run_dir = Path(args.out)
     if args.images < 0:
         raise UserError(f"--images must be >= 0, got {args.images}")
-    resume = (run_dir / CHECKPOINT_FILE).exists()
-    if resume and not args.resume:
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
-    if resume:
-        cfg = config_from_dict(load_checkpoint(run_dir).meta["config"])
-    else:
-        cfg = build_config(args.preset, args.config, parse_overrides(args.set or []))
-    data = load_cifar100(args.data_dir, download=not args.no_download)
-    frame = run_centralized(cfg, run_dir, data, images=args.images, resume=resume, progress=not args.quiet)
+    with run_dir_lock(run_dir):
+        resume = (run_dir / CHECKPOINT_FILE).exists()
+        if resume and not args.resume:
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
+        if resume:
+            cfg = _saved_run(run_dir)[1]
+        else:
+            cfg = build_config(args.preset, args.config, parse_overrides(args.set or []))
+        data = load_cifar100(args.data_dir, download=not args.no_download)
+        frame = run_centralized(cfg, run_dir, data, images=args.images, resume=resume, progress=not args.quiet)
     last = frame.iloc[-1]
     print(
         f"centralized: {int(frame['train_images'].sum()):,} images in {len(frame)} epochs, "

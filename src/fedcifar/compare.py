@@ -5,7 +5,8 @@ Each variant is a strategy name with optional config overrides, written
 variant trains from the same base config, so the partition, the initial model and each
 round's client seeds are the same; only what the variant changes differs. Runs go to
 ``OUT/<variant>/`` as ordinary run directories; a variant whose directory already holds a
-complete run is read back, and an interrupted one is resumed, so the command can be re-run.
+complete run of the same config is read back, and an interrupted one is resumed, so the
+command can be re-run. A directory holding a run of another config is an error.
 
 Outputs: ``comparison.csv`` and ``comparison.md`` (final and best test accuracy, rounds to a
 target accuracy, wall time) and ``comparison.png`` (test accuracy against round).
@@ -80,6 +81,23 @@ def parse_variants(text: str | Sequence[str]) -> list[Variant]:
 def variant_config(base: Config, variant: Variant) -> Config:
     """The base config with the variant's overrides, coerced and validated like ``--set``."""
     return config_from_dict({**base.to_dict(), **variant.overrides})
+
+
+def completed_rounds(run_dir: Path, cfg: Config) -> int:
+    """Rounds already in ``run_dir`` (0: none) for a variant of config ``cfg``.
+
+    A run left by another config (an old ``--out``) is refused, not silently reused.
+    """
+    from fedcifar.track.checkpoint import CHECKPOINT_FILE, load_run
+    from fedcifar.track.rundir import config_changes
+
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        return 0
+    ckpt, saved = load_run(run_dir)
+    changed = config_changes(saved, cfg)
+    if changed:
+        raise ConfigError(f"{run_dir} holds a run of another config ({changed}); remove it or pick another --out")
+    return ckpt.round
 
 
 def summarize(frames: dict[str, pd.DataFrame], target: float) -> pd.DataFrame:
@@ -186,24 +204,21 @@ def run_comparison(
 ) -> pd.DataFrame:
     """Train every variant into ``out_dir/<variant>/`` and write the table and the plot."""
     from fedcifar.sim.engine import run_training
-    from fedcifar.track.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from fedcifar.track.metrics import METRICS_FILE, read_metrics
 
     out_dir = Path(out_dir)
     configs = {v.label: variant_config(base, v) for v in variants}  # every error before any training
+    done = {v.label: completed_rounds(out_dir / v.dirname, configs[v.label]) for v in variants}
     frames: dict[str, pd.DataFrame] = {}
     for variant in variants:
         cfg, run_dir = configs[variant.label], out_dir / variant.dirname
-        done = 0
-        if (run_dir / CHECKPOINT_FILE).exists():
-            done = load_checkpoint(run_dir).round
-        if done >= cfg.rounds:
+        if done[variant.label] >= cfg.rounds:
             frames[variant.label] = read_metrics(run_dir / METRICS_FILE)
             frames[variant.label] = frames[variant.label][frames[variant.label]["round"] <= cfg.rounds]
         else:
             if progress:
                 print(f"compare: {variant.label} -> {run_dir}", flush=True)
-            frames[variant.label] = run_training(cfg, run_dir, data, resume=done > 0, progress=progress)
+            frames[variant.label] = run_training(cfg, run_dir, data, resume=done[variant.label] > 0, progress=progress)
     table = summarize(frames, target)
     with atomic_path(out_dir / "comparison.csv") as tmp:
         table.to_csv(tmp, index=False)

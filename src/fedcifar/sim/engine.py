@@ -19,6 +19,7 @@ from fedcifar.runtime import resolve_runtime
 from fedcifar.server.loop import RoundCallback, run_federation
 from fedcifar.sim.local import LocalBackend
 from fedcifar.strategy.population import Population
+from fedcifar.track.lock import run_dir_lock
 from fedcifar.track.rundir import write_partition
 
 
@@ -32,9 +33,15 @@ def run_training(
     callbacks: Sequence[RoundCallback] = (),
 ) -> pd.DataFrame:
     """Train ``cfg.rounds`` rounds into ``run_dir`` (continuing its checkpoint if ``resume``)."""
+    with run_dir_lock(run_dir):  # before the first write: one trainer per run directory
+        return _run_training(cfg, Path(run_dir), data, resume, progress, callbacks)
+
+
+def _run_training(
+    cfg: Config, run_dir: Path, data: Cifar100, resume: bool, progress: bool, callbacks: Sequence[RoundCallback]
+) -> pd.DataFrame:
     runtime = resolve_runtime(cfg)
     runtime.apply_global_settings()
-    run_dir = Path(run_dir)
     labels = data.train_y.numpy()
     partition = partition_for(cfg, labels)
     if not resume or not (run_dir / "partition.csv").exists():

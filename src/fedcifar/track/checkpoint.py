@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from fedcifar.config import Config, ConfigError, config_from_dict
 from fedcifar.track.io import atomic_path
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -73,25 +74,45 @@ def save_checkpoint(
     _save_safetensors(run_dir / CHECKPOINT_FILE, tensors, {"fedcifar": json.dumps(doc)})
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
+def read_metadata(path: Path) -> Any:
+    """The JSON document in a safetensors file's ``fedcifar`` metadata ({} when it has none)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("fedcifar", "{}")
-        return json.loads(raw)
     except FileNotFoundError:
         raise CheckpointError(f"file not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"{path}: its fedcifar metadata is not valid JSON") from None
+
+
+def _checkpoint_doc(path: Path) -> dict[str, Any]:
+    """The checkpoint's metadata document, checked for what a resume reads from it."""
+    meta = read_metadata(path)
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise CheckpointError(f"{path} is not a fedcifar checkpoint (no fedcifar format in its metadata)")
+    if meta["format"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {meta['format']!r}; this fedcifar reads {FORMAT_VERSION}"
+        )
+    rnd = meta.get("round")
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1:
+        raise CheckpointError(f"{path}: the checkpoint's round must be an integer >= 1, got {rnd!r}")
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("strategy", {}), dict):
+        raise CheckpointError(f"{path}: the checkpoint's 'config' and 'strategy' must be JSON objects")
+    return meta
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The last complete round of ``run_dir``; any file that is not a readable checkpoint is a CheckpointError."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():
         raise CheckpointError(f"no checkpoint in {run_dir} (expected {CHECKPOINT_FILE}); nothing to resume")
-    meta = read_metadata(path)
-    version = meta.pop("format", None)
-    if version != FORMAT_VERSION or "round" not in meta:
-        raise CheckpointError(f"{path} is a checkpoint of format {version!r}; this fedcifar reads {FORMAT_VERSION}")
+    meta = _checkpoint_doc(path)
+    meta.pop("format")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -99,7 +120,36 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     strategy = {k.removeprefix("strategy."): v for k, v in tensors.items() if k.startswith("strategy.")}
     clients = {k.removeprefix("clients."): v for k, v in tensors.items() if k.startswith("clients.")}
-    return Checkpoint(int(meta.pop("round")), weights, strategy, meta, clients)
+    if not weights:
+        raise CheckpointError(f"{path} holds no model weights (no 'model.*' tensors)")
+    return Checkpoint(meta.pop("round"), weights, strategy, meta, clients)
+
+
+def load_run(run_dir: Path) -> tuple[Checkpoint, Config]:
+    """The checkpoint of ``run_dir`` and the config it was trained with (checked like any config)."""
+    ckpt = load_checkpoint(run_dir)
+    try:
+        return ckpt, config_from_dict(ckpt.meta["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{Path(run_dir) / CHECKPOINT_FILE}: {exc}") from None
+
+
+def check_weights(path: Path, weights: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Raise a one-line CheckpointError unless ``weights`` has exactly ``model``'s names, shapes and dtypes."""
+    expected = model.state_dict()
+    missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing or extra:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise CheckpointError(
+            f"{path} does not hold this run's model: {len(missing) + len(extra)} names differ ({detail})"
+        )
+    for name, ref in expected.items():
+        got = weights[name]
+        if got.shape != ref.shape or got.dtype != ref.dtype:
+            raise CheckpointError(
+                f"{path} does not hold this run's model: {name} is {got.dtype} {tuple(got.shape)}, "
+                f"expected {ref.dtype} {tuple(ref.shape)}"
+            )
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -4,13 +4,17 @@ A round is recorded in this order: its row in ``metrics.csv``, the plots, the ex
 model (``model_global.safetensors`` and ``.pth``), then the resume checkpoint. The
 checkpoint comes last, so it marks the round complete; a resumed run drops metric rows past
 it. ``progress.json`` says how far the round in progress is, for the dashboard; it is
-rewritten (atomically) as each client's result arrives. Every file is written atomically.
+rewritten (atomically) as each client's result arrives. Every file is written atomically and
+durably (:mod:`fedcifar.track.io`), and a run holds the directory's lock
+(:mod:`fedcifar.track.lock`) while it writes, so a run killed at any instant resumes from its
+last checkpoint with nothing left behind.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ from fedcifar.data.partition import Partition, class_counts
 from fedcifar.messages import Weights
 from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
 from fedcifar.track.io import atomic_path, atomic_write_text
+from fedcifar.track.lock import acquire, release
 from fedcifar.track.metrics import PROGRESS_FILE, MetricsLog
 from fedcifar.track.plots import plot_curves, plot_partition
 
@@ -60,6 +65,21 @@ def write_class_counts(counts: np.ndarray, out_dir: Path, title: str = "") -> No
     plot_partition(counts, Path(out_dir) / "partition.png", title)
 
 
+def config_changes(saved: Config, cfg: Config, ignore: tuple[str, ...] = ("rounds",)) -> str:
+    """``key: saved -> new`` for each key (but ``ignore``) that differs; empty when none does."""
+    old, new = saved.to_dict(), cfg.to_dict()
+    return ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if k not in ignore and old[k] != new[k])
+
+
+def check_resumable(path: Path, done: int, saved: Config, cfg: Config) -> None:
+    """Raise unless ``cfg`` may continue a run of ``saved`` that completed ``done`` rounds."""
+    changed = config_changes(saved, cfg)
+    if changed:
+        raise CheckpointError(f"config differs from the checkpoint's in {path} ({changed}); only rounds may change")
+    if cfg.rounds < done:
+        raise CheckpointError(f"{path} has completed round {done}; rounds={cfg.rounds} would undo it")
+
+
 class RunDir:
     """Writes one federated run's directory; :meth:`open` starts it or picks it up."""
 
@@ -71,14 +91,28 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path, cfg: Config, model_info: Mapping[str, Any], resume: bool) -> tuple[RunDir, Resumed]:
-        """Start a run in ``path``, or continue its checkpoint (only ``rounds`` may differ)."""
+        """Start a run in ``path``, or continue its checkpoint (only ``rounds`` may differ).
+
+        The run holds the directory's lock until the returned RunDir is garbage-collected (or
+        the process ends): another process gets "run directory in use (pid N)".
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        acquire(path)
+        try:
+            resumed, log = cls._start(path, cfg, resume)
+        except BaseException:
+            release(path)
+            raise
+        run = cls(path, cfg, model_info, log)
+        weakref.finalize(run, release, path)
+        return run, resumed
+
+    @staticmethod
+    def _start(path: Path, cfg: Config, resume: bool) -> tuple[Resumed, MetricsLog]:
         resumed = Resumed(0, {})
         if resume:
             ckpt = load_checkpoint(path)
-            if config_from_dict(ckpt.meta["config"]).replace(rounds=cfg.rounds) != cfg:
-                raise CheckpointError(f"config differs from the checkpoint's in {path}; only rounds may change")
+            check_resumable(path, ckpt.round, config_from_dict(ckpt.meta["config"]), cfg)
             strategy_meta = ckpt.meta.get("strategy", {})
             resumed = Resumed(
                 ckpt.round, ckpt.weights, ckpt.strategy_tensors, strategy_meta, ckpt.meta, ckpt.client_tensors
@@ -87,7 +121,7 @@ class RunDir:
         else:
             log = MetricsLog(path)
         save_yaml(cfg, path / "config.yaml")
-        return cls(path, cfg, model_info, log), resumed
+        return resumed, log
 
     @property
     def frame(self) -> pd.DataFrame:
