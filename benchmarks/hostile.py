@@ -23,21 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import ROOT, Server, free_port, http_request, percentile, test_images  # noqa: E402
+from loadgen import ROOT, Server, free_port, http_request, percentile, test_images, write_report  # noqa: E402
 
 
 @dataclass
@@ -256,23 +254,7 @@ def main() -> int:
         finally:
             server.stop()
 
-    import torch
-
-    doc = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "scenarios": [asdict(c) for c in cells],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(json.dumps(doc, indent=2))
-    tmp_out.replace(args.out)
-    print(f"\nwrote {args.out}\n")
+    write_report(args, "scenarios", cells)
     print(markdown(cells))
     return 0
 

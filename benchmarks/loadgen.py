@@ -206,6 +206,26 @@ def markdown(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+def write_report(args: argparse.Namespace, key: str, cells: list) -> None:
+    """``args.out``: the machine, the settings and the measured cells, as JSON (written atomically)."""
+
+    doc = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        key: [asdict(c) for c in cells],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_name(args.out.name + ".tmp")
+    tmp_out.write_text(json.dumps(doc, indent=2))
+    tmp_out.replace(args.out)
+    print(f"\nwrote {args.out}\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model_global.safetensors (its .pth must lie beside it)")
@@ -255,19 +275,7 @@ def main() -> int:
             finally:
                 server.stop()
 
-    doc = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "cells": [asdict(c) for c in cells],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2))
-    print(f"\nwrote {args.out}\n")
+    write_report(args, "cells", cells)
     print(markdown(cells))
     return 0
 
