@@ -60,7 +60,7 @@ def test_tiny_centralized_run_writes_a_run_directory_that_serves(tmp_path, capsy
     ckpt = load_checkpoint(out)
     assert ckpt.meta["centralized"] == {"budget": 200, "trained": 256} and ckpt.strategy_tensors
     loaded = Predictor(inference_runtime("fp32")).load(out / MODEL_FILE)
-    assert loaded.info["arch"] == "resnet20" and loaded.round == 1
+    assert loaded.info.arch == "resnet20" and loaded.round == 1
     assert main(["plot", str(out)]) == 0
 
     assert main([*args, "--out", str(out)]) == 2  # a second start must not overwrite it

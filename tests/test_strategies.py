@@ -406,7 +406,7 @@ def test_every_strategy_survives_a_checkpoint_round_trip(tmp_path, name, norm):
     for rnd in (1, 2):
         x, _ = _fake_round(first, rnd, x)
     tensors, meta = first.state_dict()
-    save_checkpoint(tmp_path, 2, x, tensors, {"strategy": meta})
+    save_checkpoint(tmp_path, 2, x, tensors, {"strategy": meta, "config": cfg.to_dict()})
     ckpt = load_checkpoint(tmp_path)
     resumed = make()
     resumed.load_state_dict(ckpt.strategy_tensors, json.loads(json.dumps(ckpt.meta["strategy"])))

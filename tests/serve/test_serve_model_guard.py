@@ -47,7 +47,7 @@ EXPECTED_REASON = {
     "nan-weight": "non-finite weights",
     "inf-weight": "non-finite weights",
     "meta-not-an-object": "must be a JSON object",
-    "meta-not-json": "not a readable safetensors file",
+    "meta-not-json": "metadata is not valid JSON",
     "num-classes-a-string": "num_classes",
     "num-classes-not-the-labels": "10 classes but the server has 100 label names",
     "round-a-string": "round in model metadata",
