@@ -59,7 +59,7 @@ def update_norm(global_weights: Mapping[str, Tensor], weights: Mapping[str, Tens
     total = 0.0
     for key, w in weights.items():
         if w.is_floating_point():
-            total += float((w.float() - global_weights[key].float()).square().sum())
+            total += float((w.float() - global_weights[key].to(w.device).float()).square().sum())
     return math.sqrt(total)
 
 
@@ -71,7 +71,7 @@ def clip_update(global_weights: Mapping[str, Tensor], weights: Weights, max_norm
     out: Weights = {}
     for key, w in weights.items():
         if w.is_floating_point():
-            w0 = global_weights[key].float()
+            w0 = global_weights[key].to(w.device).float()
             out[key] = (w0 + (w.float() - w0) * scale).to(w.dtype)
         else:
             out[key] = w
