@@ -181,6 +181,8 @@ def train_client(
     )
     t_read = time.perf_counter()
     weights = read_weights(model)
+    # The client keeps its honest state; only what it sends is poisoned or corrupted.
+    new_state, extras = next_state(state, hooks, weights, instructions.local_bn, stats.steps, instructions.lr)
     if instructions.attack in MODEL_ATTACKS:
         weights = poison(global_weights, weights, instructions.attack, instructions.attack_scale, generator)
     weights = fail_after(instructions.fault, weights)
@@ -193,5 +195,4 @@ def train_client(
         "seconds": time.perf_counter() - start,
         "setup_seconds": setup,
     }
-    new_state, extras = next_state(state, hooks, weights, instructions.local_bn, stats.steps, instructions.lr)
     return ClientResult(client_id, weights, n, metrics, new_state, extras)
