@@ -11,6 +11,7 @@ selection and each client's shuffling and augmentation come from generators deri
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ def client_seed(seed: int, server_round: int, client_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
 
 
+@functools.lru_cache(maxsize=8)
 def malicious_clients(cfg: Config) -> frozenset[int]:
     """The fixed set of Byzantine clients: round(attack_fraction · N) of them, drawn from the seed."""
     if cfg.attack == "none":
