@@ -1,4 +1,8 @@
-"""Bulyan, the geometric median (RFA) and update-norm clipping, each against a numpy reference."""
+"""Bulyan, the geometric median (RFA) and update-norm clipping, each against a numpy reference.
+
+Distances and norms are measured over trained parameters (``conv.weight`` here); BatchNorm
+statistics (``bn.running_mean``) are aggregated but never measured.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,10 @@ import torch
 from fedcifar.messages import ClientResult
 from fedcifar.server.checks import clip_update, update_norm
 from fedcifar.strategy.base import FitRound
-from fedcifar.strategy.robust import Bulyan, GeometricMedian
+from fedcifar.strategy.robust import Bulyan, GeometricMedian, Krum
+
+TRAINED = ("conv.weight",)
+EVERY_FLOAT = ("conv.weight", "bn.running_mean")
 
 
 def _clients(k: int, seed: int, outliers: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -27,8 +34,12 @@ def _clients(k: int, seed: int, outliers: int = 0) -> list[dict[str, torch.Tenso
     return states
 
 
-def _flat(state) -> np.ndarray:
-    return np.concatenate([state[k].double().numpy().ravel() for k in ("conv.weight", "bn.running_mean")])
+def _flat(state, keys=EVERY_FLOAT) -> np.ndarray:
+    return np.concatenate([state[k].double().numpy().ravel() for k in keys])
+
+
+def _stacked(states, keys=EVERY_FLOAT) -> np.ndarray:
+    return np.stack([_flat(s, keys) for s in states])
 
 
 def _unflat(vec: np.ndarray) -> dict[str, np.ndarray]:
@@ -51,11 +62,12 @@ def np_krum_pick(x: np.ndarray, f: int) -> int:
     return int(np.argmin(scores))
 
 
-def np_bulyan(x: np.ndarray, f: int) -> np.ndarray:
+def np_bulyan(measured: np.ndarray, x: np.ndarray, f: int) -> np.ndarray:
+    """Krum picks on ``measured`` (the trained parameters), then the per-coordinate rule on ``x``."""
     remaining = list(range(len(x)))
     chosen = []
     while len(chosen) < len(x) - 2 * f:
-        chosen.append(remaining.pop(np_krum_pick(x[remaining], f)))
+        chosen.append(remaining.pop(np_krum_pick(measured[remaining], f)))
     sel = x[sorted(chosen)]
     beta = len(sel) - 2 * f
     med = np.median(sel, axis=0)
@@ -67,7 +79,9 @@ def np_bulyan(x: np.ndarray, f: int) -> np.ndarray:
 
 
 def np_weiszfeld(x: np.ndarray, alpha: np.ndarray, iters: int, nu: float = 1e-6) -> np.ndarray:
+    """The weights (summing to 1) of the points in their geometric median."""
     alpha = alpha / alpha.sum()
+    beta = alpha
     z = alpha @ x
     obj = (alpha * np.linalg.norm(x - z, axis=1)).sum()
     for _ in range(iters):
@@ -77,14 +91,14 @@ def np_weiszfeld(x: np.ndarray, alpha: np.ndarray, iters: int, nu: float = 1e-6)
         if abs(obj - new) <= 1e-6 * new:
             break
         obj = new
-    return z
+    return beta / beta.sum()
 
 
 @pytest.mark.parametrize(("k", "f", "outliers"), [(7, 1, 1), (11, 2, 2), (16, 3, 3), (5, 0, 0)])
 def test_bulyan_matches_the_numpy_reference_and_discards_outliers(k, f, outliers):
     states = _clients(k, seed=k, outliers=outliers)
     got = _aggregate(Bulyan(f), states, [10] * k)
-    want = _unflat(np_bulyan(np.stack([_flat(s) for s in states]), f))
+    want = _unflat(np_bulyan(_stacked(states, TRAINED), _stacked(states), f))
     for key, ref in want.items():
         np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-5, atol=1e-5)
         assert np.abs(got[key].numpy()).max() < 10  # the shifted clients (mean 50) had no say
@@ -95,7 +109,7 @@ def test_bulyan_matches_the_numpy_reference_and_discards_outliers(k, f, outliers
 def test_bulyan_with_too_few_results_assumes_the_largest_f_it_can():
     states = _clients(7, seed=1, outliers=1)
     got = _aggregate(Bulyan(byzantine=3), states, [1] * 7)  # 7 < 4*3+3: f falls to 1
-    want = _unflat(np_bulyan(np.stack([_flat(s) for s in states]), 1))
+    want = _unflat(np_bulyan(_stacked(states, TRAINED), _stacked(states), 1))
     np.testing.assert_allclose(got["conv.weight"].numpy(), want["conv.weight"], rtol=1e-5, atol=1e-5)
 
 
@@ -104,11 +118,12 @@ def test_geometric_median_matches_the_numpy_weiszfeld_reference(outliers):
     states = _clients(9, seed=4, outliers=outliers)
     sizes = [5, 10, 20, 5, 40, 8, 9, 30, 12]
     got = _aggregate(GeometricMedian(iters=50), states, sizes)
-    want = _unflat(np_weiszfeld(np.stack([_flat(s) for s in states]), np.array(sizes, float), iters=50))
+    beta = np_weiszfeld(_stacked(states, TRAINED), np.array(sizes, float), iters=50)
+    want = _unflat(beta @ _stacked(states))
     for key, ref in want.items():
         np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-4, atol=1e-4)
     if outliers:  # a third of the clients 50 away move the median by far less than the mean
-        mean = np.average(np.stack([_flat(s) for s in states]), axis=0, weights=sizes)
+        mean = np.average(_stacked(states), axis=0, weights=sizes)
         median = np.concatenate([got["conv.weight"].numpy().ravel(), got["bn.running_mean"].numpy()])
         assert np.abs(median).max() < np.abs(mean).max() / 3
 
@@ -125,11 +140,41 @@ def test_clip_update_bounds_the_update_norm_like_numpy(max_norm):
     g = {k: torch.tensor(v, dtype=torch.float32) for k, v in _unflat(rng.normal(size=10)).items()}
     w = {k: v + torch.tensor(rng.normal(size=v.shape), dtype=torch.float32) for k, v in g.items()}
     g["n"] = w["n"] = torch.tensor(3)
-    delta = _flat(w) - _flat(g)
+    delta = _flat(w, TRAINED) - _flat(g, TRAINED)
     norm = update_norm(g, w)
     assert norm == pytest.approx(np.linalg.norm(delta), rel=1e-6)
     clipped = clip_update(g, w, max_norm, norm)
-    want = _flat(g) + delta * min(1.0, max_norm / np.linalg.norm(delta))
-    np.testing.assert_allclose(_flat(clipped), want, rtol=1e-5, atol=1e-6)
+    want = _flat(g, TRAINED) + delta * min(1.0, max_norm / np.linalg.norm(delta))
+    np.testing.assert_allclose(_flat(clipped, TRAINED), want, rtol=1e-5, atol=1e-6)
     assert update_norm(g, clipped) == pytest.approx(min(max_norm, norm), rel=1e-5)
+    assert torch.equal(clipped["bn.running_mean"], w["bn.running_mean"])  # statistics pass as sent
     assert int(clipped["n"]) == 3
+
+
+def test_update_norm_leaves_batchnorm_statistics_out():
+    g = {"conv.weight": torch.zeros(4), "bn.running_var": torch.ones(4)}
+    w = {"conv.weight": torch.full((4,), 0.5), "bn.running_var": torch.full((4,), 101.0)}
+    assert update_norm(g, w) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "strategy", [Krum(byzantine=2), Krum(byzantine=2, keep=5), Bulyan(byzantine=1), GeometricMedian(iters=50)]
+)
+def test_batchnorm_statistics_do_not_hide_an_attacker(strategy):
+    """Honest non-IID clients' statistics spread widely; two attackers shift their parameters by
+    50 and send the most central statistics. Over every float entry the attackers would look
+    the most typical clients; over the trained parameters they are the outliers they are."""
+    rng = np.random.default_rng(7)
+    states = []
+    for i in range(9):
+        attacker = i < 2
+        states.append(
+            {
+                "conv.weight": torch.tensor(rng.normal(50.0 if attacker else 0.0, 1.0, (3, 2)), dtype=torch.float32),
+                "bn.running_mean": torch.tensor(
+                    np.zeros(4) if attacker else rng.normal(0.0, 100.0, 4), dtype=torch.float32
+                ),
+            }
+        )
+    got = _aggregate(strategy, states, [10] * 9)
+    assert got["conv.weight"].abs().max() < 5

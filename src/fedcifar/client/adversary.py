@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import torch
 
 from fedcifar.messages import Weights
-from fedcifar.model.spec import is_statistic
+from fedcifar.model.spec import is_trained
 
 DEFAULT_SCALE = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 10.0, "label_flip": 0.0}
 MODEL_ATTACKS = ("sign_flip", "scale", "gaussian")
@@ -44,11 +44,6 @@ def attack_strength(attack: str, scale: float) -> float:
 def flip_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """y -> C - 1 - y: every label moved to another class, the same way on every client."""
     return num_classes - 1 - labels
-
-
-def is_trained(key: str, tensor: torch.Tensor) -> bool:
-    """A trained parameter (what an attack poisons): float, and not a BatchNorm statistic."""
-    return tensor.is_floating_point() and not is_statistic(key)
 
 
 def poison(

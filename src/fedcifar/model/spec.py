@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from fedcifar.model.resnet import ARCHITECTURES, NORM_LAYERS, build_model
 
@@ -21,6 +21,16 @@ STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 def is_statistic(key: str) -> bool:
     """A BatchNorm running statistic: a buffer estimated from data, not a trained parameter."""
     return key.endswith(STATISTIC_SUFFIXES)
+
+
+def is_trained(key: str, tensor: Tensor) -> bool:
+    """A trained parameter: float, and not a BatchNorm statistic.
+
+    What an attack poisons, and what robust rules measure distances and norms over: the
+    statistics of non-IID clients differ far more than their parameter updates do (on
+    paper-cpu ~30 against ~4 in L2 norm), so over every float entry they would hide an attacker.
+    """
+    return tensor.is_floating_point() and not is_statistic(key)
 
 
 # Files written before the `model` key existed name ResNet-18 this way.

@@ -4,8 +4,10 @@ A result is refused (becomes a :class:`~fedcifar.messages.ClientFailure`) when i
 have other keys, shapes or kinds than the global model's, any non-finite value, or when it
 claims no examples. An aggregate with a non-finite value is refused too: the round is
 skipped and the global model stays. ``clip_norm`` (Sun et al. 2019, "Can you really
-backdoor federated learning?") bounds each accepted update's L2 norm, over every float
-entry, before any aggregation rule sees it.
+backdoor federated learning?") bounds each accepted update's L2 norm, over the trained
+parameters, before any aggregation rule sees it. BatchNorm statistics are not an update:
+they are neither measured nor scaled (they would dominate the norm, ~30 against ~4 for the
+parameters on paper-cpu, and make the bound meaningless).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from fedcifar.messages import ClientResult, Weights
+from fedcifar.model.spec import is_trained
 
 Tensor = torch.Tensor
 
@@ -55,22 +58,22 @@ def result_problem(result: ClientResult, like: Mapping[str, Tensor]) -> str | No
 
 
 def update_norm(global_weights: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> float:
-    """||w - w₀||₂ over every float entry."""
+    """||w - w₀||₂ over the trained parameters (BatchNorm statistics left out)."""
     total = 0.0
     for key, w in weights.items():
-        if w.is_floating_point():
+        if is_trained(key, w):
             total += float((w.float() - global_weights[key].to(w.device).float()).square().sum())
     return math.sqrt(total)
 
 
 def clip_update(global_weights: Mapping[str, Tensor], weights: Weights, max_norm: float, norm: float) -> Weights:
-    """w₀ + Δ · min(1, max_norm / ||Δ||): the update scaled down to norm ``max_norm`` if longer."""
+    """w₀ + Δ · min(1, max_norm / ||Δ||) for the trained parameters; statistics pass as sent."""
     if norm <= max_norm:
         return weights
     scale = max_norm / norm
     out: Weights = {}
     for key, w in weights.items():
-        if w.is_floating_point():
+        if is_trained(key, w):
             w0 = global_weights[key].to(w.device).float()
             out[key] = (w0 + (w.float() - w0) * scale).to(w.dtype)
         else:

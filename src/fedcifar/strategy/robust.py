@@ -13,11 +13,15 @@ and the geometric median.
   closest to their median. It needs K >= 4f + 3; a round with fewer results assumes the
   largest f it can, (K - 3) // 4.
 - geometric_median (RFA, Pillutla et al. 2022): the point z minimising Σ α_i ||z - w_i|| over
-  the clients' float entries taken as one vector, by the smoothed Weiszfeld algorithm:
+  the clients' trained parameters taken as one vector, by the smoothed Weiszfeld algorithm:
   z <- Σ β_i w_i / Σ β_i with β_i = α_i / max(ν, ||z - w_i||), from the weighted mean, until
-  the objective changes by less than a relative 1e-6 or ``iters`` steps are done.
+  the objective changes by less than a relative 1e-6 or ``iters`` steps are done. BatchNorm
+  statistics take the same final weights β.
 
-Median, trimmed mean and Bulyan ignore the aggregation factors (they are unweighted order statistics).
+Distances (Krum, Bulyan, the geometric median) are measured over the trained parameters only:
+BatchNorm statistics of non-IID clients differ several times more than their parameter
+updates, and over every float entry would make an attacker look like anyone else. Median,
+trimmed mean and Bulyan ignore the aggregation factors (they are unweighted order statistics).
 Integer counters take the max, as everywhere. Unlike FedAvg these rules need every client
 of the round at once, so they hold the round's K state dicts in memory.
 """
@@ -30,6 +34,7 @@ from typing import Any
 import torch
 
 from fedcifar.messages import ClientResult, Weights
+from fedcifar.model.spec import is_trained
 from fedcifar.strategy.aggregate import is_float, weighted_mean
 from fedcifar.strategy.base import FitRound, Strategy
 from fedcifar.strategy.weighting import Weighting
@@ -54,11 +59,11 @@ def trimmed_mean(stack: Tensor, ratio: float) -> Tensor:
 
 
 def pairwise_sq_distances(states: Sequence[Mapping[str, Tensor]]) -> Tensor:
-    """(K, K) float64 squared Euclidean distances between clients over all float entries."""
+    """(K, K) float64 squared Euclidean distances between clients over the trained parameters."""
     k = len(states)
     dist = torch.zeros(k, k, dtype=torch.float64)
     for key, first in states[0].items():
-        if not is_float(first):
+        if not is_trained(key, first):
             continue
         x = torch.stack([s[key].reshape(-1) for s in states]).double()
         gram = x @ x.T
@@ -155,30 +160,36 @@ def closest_to_median_mean(stack: Tensor, keep: int) -> Tensor:
     return stack.gather(0, nearest).mean(dim=0)
 
 
-def geometric_median(
-    stacks: Mapping[str, Tensor], alphas: Tensor, iters: int, nu: float = 1e-6, ftol: float = 1e-6
-) -> dict[str, Tensor]:
-    """Smoothed Weiszfeld on points given as per-entry (K, ...) float stacks; returns the median's entries."""
-    alphas = alphas.double() / alphas.double().sum()
+def convex_combination(stacks: Mapping[str, Tensor], beta: Tensor) -> dict[str, Tensor]:
+    """Σ β_i x_i / Σ β_i for each entry's (K, ...) stack."""
+    b = (beta / beta.sum()).to(torch.float32)
+    return {k: torch.tensordot(b, x, dims=1) for k, x in stacks.items()}
 
-    def combine(beta: Tensor) -> dict[str, Tensor]:
-        b = (beta / beta.sum()).to(torch.float32)
-        return {k: torch.tensordot(b, x, dims=1) for k, x in stacks.items()}
+
+def weiszfeld_weights(
+    stacks: Mapping[str, Tensor], alphas: Tensor, iters: int, nu: float = 1e-6, ftol: float = 1e-6
+) -> Tensor:
+    """Smoothed Weiszfeld on points given as per-entry (K, ...) float stacks.
+
+    Returns the weights β (summing to 1) whose convex combination of the points is their
+    geometric median.
+    """
+    alphas = alphas.double() / alphas.double().sum()
 
     def distances(z: Mapping[str, Tensor]) -> Tensor:
         sq = sum((x - z[k]).reshape(x.shape[0], -1).double().square().sum(dim=1) for k, x in stacks.items())
         return sq.sqrt()
 
-    z = combine(alphas)
-    dist = distances(z)
+    beta = alphas
+    dist = distances(convex_combination(stacks, beta))
     objective = float((alphas * dist).sum())
     for _ in range(iters):
-        z = combine(alphas / dist.clamp_min(nu))
-        dist = distances(z)
+        beta = alphas / dist.clamp_min(nu)
+        dist = distances(convex_combination(stacks, beta))
         previous, objective = objective, float((alphas * dist).sum())
         if abs(previous - objective) <= ftol * objective:
             break
-    return z
+    return beta / beta.sum()
 
 
 class Bulyan(RobustAggregate):
@@ -204,7 +215,8 @@ class GeometricMedian(RobustAggregate):
     def combine(self, global_weights, states, factors):
         floats = [k for k, v in global_weights.items() if is_float(v)]
         stacks = {k: torch.stack([s[k] for s in states]).float() for k in floats}
-        median = geometric_median(stacks, torch.tensor(factors), self.iters)
+        trained = {k: x for k, x in stacks.items() if is_trained(k, x)}
+        median = convex_combination(stacks, weiszfeld_weights(trained, torch.tensor(factors), self.iters))
         out: Weights = {}
         for key, ref in global_weights.items():
             if key in median:
