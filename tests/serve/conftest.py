@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from fedcifar.model import ModelSpec
 from fedcifar.serve.main import create_app
 from fedcifar.serve.settings import ServeSettings
 from fedcifar.track.checkpoint import MODEL_FILE, export_global
+from httpcheck import free_port
 
 FAKE_LABELS = tuple(f"class_{i:02d}" for i in range(100))
 
@@ -51,12 +51,6 @@ def client(model_file) -> Iterator[TestClient]:
     settings = ServeSettings(model_path=model_file, labels=FAKE_LABELS, precision="fp32", max_upload_bytes=1_000_000)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

@@ -7,36 +7,17 @@ gone too. (A trainer that fails leaves the server serving: tests/test_browser.py
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from fedcifar.serve.trainer import last_line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-    except (OSError, ValueError):
-        return 0, {}
+from httpcheck import free_port, get_json
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
