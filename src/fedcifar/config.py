@@ -95,7 +95,7 @@ class Config:
     krum_byzantine: int = 0  # krum, multikrum, bulyan: assumed number f of Byzantine clients
     krum_select: int = 0  # multikrum: clients averaged; 0 = clients_per_round - f
     geomed_iters: int = 10  # geometric_median: at most this many smoothed Weiszfeld steps
-    clip_norm: float = 0.0  # > 0 bounds each client's update norm before any aggregation rule (Sun et al. 2019)
+    clip_norm: float = 0.0  # > 0 bounds the L2 norm of each client's parameter update before any rule (Sun et al. 2019)
     poc_candidates: int = 0  # power_of_choice: candidate set size d; 0 = min(num_clients, 2 * clients_per_round)
     poc_samples: int = 0  # power_of_choice: images per candidate for its loss; 0 = all (pow-d), > 0 = cpow-d
     disco_a: float = 0.5  # feddisco weighting: penalty on label discrepancy
