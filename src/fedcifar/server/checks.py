@@ -6,7 +6,7 @@ claims no examples. An aggregate with a non-finite value is refused too: the rou
 skipped and the global model stays. ``clip_norm`` (Sun et al. 2019, "Can you really
 backdoor federated learning?") bounds each accepted update's L2 norm, over the trained
 parameters, before any aggregation rule sees it. BatchNorm statistics are not an update:
-they are neither measured nor scaled (they would dominate the norm, ~30 against ~4 for the
+they are neither measured nor scaled (they would dominate the norm, 11-48 against 3-4 for the
 parameters on paper-cpu, and make the bound meaningless).
 """
 
