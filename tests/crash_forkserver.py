@@ -8,6 +8,8 @@ them the preloaded tensors (fork shares them copy-on-write).
 
 from __future__ import annotations
 
+import threading
+
 import tqdm
 
 import fedcifar.cli  # noqa: F401
@@ -16,6 +18,9 @@ from fedcifar.data import cifar100
 
 DATA = cifar100.load_cifar100(download=False)
 cifar100.load_cifar100 = lambda *_args, **_kwargs: DATA
-# tqdm's multiprocessing lock, made here once: made in each child, the semaphore of a killed
-# child is reported as leaked when pytest exits.
-tqdm.tqdm.get_lock()
+# tqdm takes its lock in every tqdm() (even a disabled one). Its default lock holds a
+# multiprocessing semaphore: made here, every forked child would share it, and a child
+# SIGKILLed while holding it would block every later child forever; made in each child, the
+# semaphore of a killed child is reported as leaked when pytest exits. A thread lock is
+# enough (each run is one process) and each child gets its own copy.
+tqdm.tqdm.set_lock(threading.RLock())

@@ -169,6 +169,15 @@ def _start(run_dir: Path, env: dict[str, str] | None = None, auto_resume: bool =
     return proc
 
 
+def _join(proc, timeout: float = 300.0) -> None:
+    """Wait for a run to end; a run that hangs fails the test instead of blocking it forever."""
+    proc.join(timeout)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+        raise AssertionError(f"the run did not end within {timeout:g} s")
+
+
 def _wait_for(condition, proc, timeout: float = 120.0) -> float:
     t0 = time.perf_counter()
     while not condition():
@@ -184,7 +193,7 @@ def _reference(run_dir: Path) -> tuple[float, float]:
     proc = _start(run_dir)
     started = _wait_for(lambda: (run_dir / "config.yaml").exists(), proc)
     first_ckpt = _wait_for(lambda: (run_dir / CHECKPOINT_FILE).exists(), proc)
-    proc.join()
+    _join(proc)
     assert proc.exitcode == 0, (run_dir.parent / f"{run_dir.name}.log").read_text()[-2000:]
     return time.perf_counter() - t0, first_ckpt - started
 
@@ -230,7 +239,7 @@ def test_sigkill_at_20_random_instants_then_auto_resume_gives_the_uninterrupted_
         kind, run_dir = plan[i], tmp_path / f"kill{i:02d}"
         _kill_at(kind, run_dir, rng, total, round1)
         proc = _start(run_dir, auto_resume=True)
-        proc.join()
+        _join(proc)
         log = (run_dir.parent / f"{run_dir.name}.log").read_text()
         assert proc.exitcode == 0, f"{kind}: {log[-2000:]}"
         assert _temps(run_dir) == [], kind
