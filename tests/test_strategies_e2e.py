@@ -8,11 +8,14 @@ and resumed, and must end exactly where an uninterrupted run ends.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from fedcifar.cli import main
 from fedcifar.config import build_config
@@ -106,6 +109,25 @@ def test_interrupted_and_resumed_stateful_run_equals_uninterrupted(tmp_path, cif
     a = load_file(tmp_path / "full" / "checkpoint.safetensors")
     b = load_file(tmp_path / "cut" / "checkpoint.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # weights, strategy and client state
+
+
+def test_resuming_a_checkpoint_from_before_client_held_state_says_it_is_not_exact(tmp_path, cifar, capsys):
+    cfg = _tiny(rounds=1, strategy="scaffold", norm="fedbn")
+    run_training(cfg, tmp_path / "new", cifar, progress=False)
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    ckpt = tmp_path / "old" / "checkpoint.safetensors"  # as written then: c_i on the server
+    with safe_open(ckpt, "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(ckpt)
+    tensors["strategy.store.0.c.conv1.weight"] = torch.zeros(3)
+    save_file(tensors, ckpt, metadata=metadata)
+    capsys.readouterr()
+
+    more = _tiny(rounds=2, strategy="scaffold", norm="fedbn")
+    run_training(more, tmp_path / "new", cifar, resume=True, progress=False)
+    assert "not exact" not in capsys.readouterr().err
+    run_training(more, tmp_path / "old", cifar, resume=True, progress=False)
+    assert "state restarts empty, so this resume is not exact" in capsys.readouterr().err
 
 
 def test_compare_command_writes_table_and_plot_and_fedprox_mu0_equals_fedavg(tmp_path, capsys):

@@ -13,6 +13,7 @@ skipped: the global weights and the strategy's state stay as they were, and the 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class Server:
     @property
     def min_fit_clients(self) -> int:
         return self.cfg.min_fit_clients or self.cfg.clients_per_round
+
+
+# Where checkpoints written before clients held their own state kept it (strategy.store.*,
+# strategy.fedbn.*); such state is not restored.
+LEGACY_CLIENT_STATE = ("store.", "fedbn.")
 
 
 def select_clients(server: Server, server_round: int, global_weights: Weights) -> list[int]:
@@ -209,6 +215,12 @@ def run_federation(
         strategy.load_state_dict({k: v.to(device) for k, v in resumed.strategy_tensors.items()}, resumed.strategy_meta)
         if isinstance(backend, HoldsClientState):  # under Flower the nodes start a new run empty
             backend.load_state_dict(resumed.client_tensors)
+        if any(k.startswith(LEGACY_CLIENT_STATE) for k in resumed.strategy_tensors):
+            tqdm.write(
+                f"fedcifar: {run_dir} was checkpointed when the server held the clients' SCAFFOLD/FedBN "
+                "state; every client's state restarts empty, so this resume is not exact",
+                file=sys.stderr,
+            )
     else:
         weights = read_weights(model_spec(cfg).build(seed=cfg.seed).to(device))
     strategy.setup(population)
