@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedcifar.client.evaluate import eval_counts
-from fedcifar.client.train import FitStats, fit, local_images, minibatches, read_weights
+from fedcifar.client.train import FitStats, fit, local_images, make_optimizer, minibatches, read_weights
 from fedcifar.config import Config, ConfigError
 from fedcifar.data.cifar100 import Cifar100
 from fedcifar.federation import model_spec, partition_for
@@ -108,13 +108,14 @@ def run_centralized(
 
     The last epoch stops at the first whole batch that reaches the budget.
     """
+    if cfg.lr_schedule != "constant":
+        raise ConfigError(f"centralized trains at a constant lr; lr_schedule={cfg.lr_schedule} is for federated runs")
     runtime = resolve_runtime(cfg.replace(workers=1))  # one model: every core on its ops
     runtime.apply_global_settings()
     labels = data.train_y.numpy()
     population = Population.from_partition(labels, partition_for(cfg, labels))
     model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
-    optimizer_class = torch.optim.SGD if cfg.client_optimizer == "sgd" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=cfg.lr, fused=runtime.fused_optimizer)
+    optimizer = make_optimizer(model, cfg.client_optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, runtime)
     run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume)
     budget, trained = images or federated_image_budget(cfg, population.sizes), 0
     if resume:

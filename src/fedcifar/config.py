@@ -29,6 +29,7 @@ Norm = Literal["batch", "group", "fedbn"]
 Model = Literal["resnet18", "resnet20"]  # model/resnet.py ARCHITECTURES (a test keeps the two in step)
 ClientWeighting = Literal["num_examples", "uniform", "feddisco"]
 ClientOptimizer = Literal["adam", "sgd"]
+LrSchedule = Literal["constant", "exponential", "cosine"]
 Precision = Literal["auto", "bf16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
 Compile = Literal["auto", "on", "off"]
@@ -77,6 +78,12 @@ class Config:
     lr: float = 1e-3
     augment: bool = True
     client_optimizer: ClientOptimizer = "adam"  # sgd makes SCAFFOLD's correction exactly the paper's
+    momentum: float = 0.0  # sgd only: heavy-ball momentum of the client's optimizer (reset every round)
+    weight_decay: float = 0.0  # L2 penalty in the client's optimizer (torch's weight_decay, adam or sgd)
+    # The client lr across rounds: round r trains at lr (constant), lr * lr_decay^(r-1) (exponential,
+    # FedMLB's 0.998 per round, Kim et al. 2022), or lr * (1 + cos(pi (r-1) / rounds)) / 2 (cosine).
+    lr_schedule: LrSchedule = "constant"
+    lr_decay: float = 0.998  # exponential only
     # model: resnet18 is the paper's; resnet20 (He et al. 2016) runs the paper's federation on a CPU.
     # norm "fedbn": BatchNorm layers stay local to each client, see strategy/fedbn.py
     model: Model = "resnet18"
@@ -324,6 +331,13 @@ def validate(cfg: Config) -> None:
     need(cfg.local_steps >= 0, "local_steps must be >= 0")
     need(cfg.batch_size >= 1, "batch_size must be >= 1")
     need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
+    need(
+        cfg.momentum == 0 or cfg.client_optimizer == "sgd",
+        f"momentum={cfg.momentum} is for client_optimizer=sgd (Adam has its own beta1)",
+    )
+    need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(0 < cfg.lr_decay <= 1, f"lr_decay must be in (0, 1], got {cfg.lr_decay}")
     need(cfg.eval_every >= 1, "eval_every must be >= 1")
     need(cfg.eval_limit >= 0, "eval_limit must be >= 0")
     need(cfg.eval_batch_size >= 1, "eval_batch_size must be >= 1")

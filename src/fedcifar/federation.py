@@ -12,6 +12,7 @@ selection and each client's shuffling and augmentation come from generators deri
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,15 @@ def injected_fault(cfg: Config, server_round: int, client_id: int) -> str:
     return cfg.fault_kind if rng.random() < cfg.fault_rate else ""
 
 
+def round_lr(cfg: Config, server_round: int) -> float:
+    """The clients' learning rate in round ``server_round`` (1-based) under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "exponential":
+        return cfg.lr * cfg.lr_decay ** (server_round - 1)
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1 + math.cos(math.pi * (server_round - 1) / cfg.rounds)) / 2
+    return cfg.lr
+
+
 def client_instructions(cfg: Config, server_round: int, client_id: int, extra: dict[str, Any]) -> ClientInstructions:
     """The config's local-training settings for one client, plus the strategy's extras.
 
@@ -75,9 +85,11 @@ def client_instructions(cfg: Config, server_round: int, client_id: int, extra: d
         epochs=cfg.local_epochs,
         steps=cfg.local_steps,
         batch_size=cfg.batch_size,
-        lr=cfg.lr,
+        lr=round_lr(cfg, server_round),
         augment=cfg.augment,
         optimizer=cfg.client_optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
         fault=injected_fault(cfg, server_round, client_id),
         attack=cfg.attack if malicious else "none",
         attack_scale=cfg.attack_scale,

@@ -31,9 +31,11 @@ class ClientInstructions:
     epochs: int = 2
     steps: int = 0  # > 0: stop after this many minibatches instead of running full epochs
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-3  # this round's, after the config's schedule
     augment: bool = True
-    optimizer: str = "adam"  # or "sgd" (plain)
+    optimizer: str = "adam"  # or "sgd"
+    momentum: float = 0.0  # sgd's heavy-ball momentum
+    weight_decay: float = 0.0  # the optimizer's L2 penalty
     # Extras for other algorithms (client/hooks.py); the defaults leave plain FedAvg training.
     proximal_mu: float = 0.0  # FedProx
     control_server: Weights | None = None  # SCAFFOLD's c; None: SCAFFOLD is off (c_i is the client's own)

@@ -68,6 +68,18 @@ def local_images(n: int, batch_size: int, epochs: int, steps: int) -> int:
     return full * n + min(rest * batch_size, n)
 
 
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float, runtime: Runtime
+) -> torch.optim.Optimizer:
+    """The client's (or the centralized reference's) optimizer, new for each update."""
+    fused = runtime.fused_optimizer
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+    raise ValueError(f"unknown client optimizer {name!r}")
+
+
 @dataclass(frozen=True)
 class FitStats:
     loss: float  # mean over the last epoch's batches (over every batch when steps are fixed)
@@ -161,8 +173,9 @@ def train_client(
     state = state or {}
     if instructions.local_bn and LOCAL in state:
         overlay_weights(model, state[LOCAL])
-    optimizer_class = torch.optim.SGD if instructions.optimizer == "sgd" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=instructions.lr, fused=runtime.fused_optimizer)
+    optimizer = make_optimizer(
+        model, instructions.optimizer, instructions.lr, instructions.momentum, instructions.weight_decay, runtime
+    )
     hooks = LocalHooks(model, instructions.proximal_mu, instructions.control_server, state.get(CONTROL))
     n = len(labels)
     batches = minibatches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator)
