@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_strategies_client import CPU, _data, _features, _grad, _instructions, _model
 
 from fedcifar.client.train import read_weights, train_client
 from fedcifar.config import ConfigError, build_config
 from fedcifar.federation import client_instructions, round_lr
+from test_strategies_client import CPU, _data, _features, _grad, _instructions, _model
 
 
 def test_sgd_momentum_and_weight_decay_match_a_heavy_ball_reference():
@@ -96,13 +96,13 @@ def test_client_options_train_the_same_on_a_flower_client_app(tmp_path, monkeypa
     pytest.importorskip("flwr", reason="the [flower] extra is not installed")
     from flwr.app import Context, Message, MessageType, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
-    from test_client_state import SIZES, _cfg, _data, _partition
 
     from fedcifar.data.shards import export_shards
     from fedcifar.federation import model_spec
     from fedcifar.flower import codec
     from fedcifar.flower.client_app import app
     from fedcifar.runtime import resolve_runtime
+    from test_client_state import SIZES, _cfg, _data, _partition
 
     for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
         monkeypatch.setattr(TaskIdentity, name, value)
@@ -114,7 +114,9 @@ def test_client_options_train_the_same_on_a_flower_client_app(tmp_path, monkeypa
     weights = read_weights(model_spec(cfg).build(seed=cfg.seed))
     instr = client_instructions(cfg, 3, 0, {})
     assert (instr.momentum, instr.weight_decay, instr.lr) == (0.9, 5e-4, 0.05 * 0.25)
-    reply = app(Message(codec.encode_fit(cfg, 0, instr, weights), dst_node_id=7, message_type=MessageType.TRAIN), context)
+    reply = app(
+        Message(codec.encode_fit(cfg, 0, instr, weights), dst_node_id=7, message_type=MessageType.TRAIN), context
+    )
     assert not reply.has_error()
     remote = codec.decode_result(reply.content)
 
