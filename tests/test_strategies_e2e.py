@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from fedcifar.cli import main
 from fedcifar.config import build_config
+from fedcifar.federation import model_spec
+from fedcifar.model.spec import is_trained
 from fedcifar.sim.engine import run_training
 from fedcifar.strategy.registry import STRATEGIES, build_strategy
 from fedcifar.track.checkpoint import load_checkpoint
@@ -70,6 +72,9 @@ def test_strategy_trains_two_rounds_and_its_checkpoint_reloads(tmp_path, cifar, 
     ckpt = load_checkpoint(tmp_path)
     weights = load_file(tmp_path / "model_global.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    start = model_spec(cfg).build(seed=cfg.seed).state_dict()
+    assert any(not torch.equal(weights[k], v) for k, v in start.items() if is_trained(k, v)), "no weight moved"
+    # that every default lowers the loss is tests/test_strategy_defaults.py (one step a round is too few here)
     for prefix in STATE_PREFIXES.get(name, []):
         assert any(k.startswith(prefix) for k in ckpt.strategy_tensors), prefix
     assert {k.split(".")[1] for k in ckpt.client_tensors} == CLIENT_STATE.get(name, set())

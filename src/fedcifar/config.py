@@ -93,11 +93,14 @@ class Config:
     client_selection: ClientSelection = "uniform"
     client_weighting: ClientWeighting = "num_examples"
     proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
-    server_lr: float = 0.0  # fedavgm, fedadam/yogi/adagrad, scaffold; 0 = the strategy's default
-    server_momentum: float = 0.9  # fedavgm
+    # server_lr and tau: 0 = the strategy's default, Reddi et al. 2021's best on CIFAR-100: server_lr
+    # 1 (fedavgm, fedadam, fedyogi, scaffold) or 0.1 (fedadagrad); tau 0.1 (fedadam, fedyogi) or 0.01
+    # (fedadagrad). docs/strategies.md lists every default with its source.
+    server_lr: float = 0.0  # fedavgm, fedadam/yogi/adagrad, scaffold
+    server_momentum: float = 0.9  # fedavgm (Hsu et al. 2019; Reddi et al. 2021)
     beta1: float = 0.9  # fedadam, fedyogi, fedadagrad (Reddi et al. 2021)
-    beta2: float = 0.99  # fedadam, fedyogi
-    tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity
+    beta2: float = 0.99  # fedadam, fedyogi (Reddi et al. 2021, section 5)
+    tau: float = 0.0  # fedadam, fedyogi, fedadagrad: adaptivity
     trim_ratio: float = 0.1  # trimmed_mean: fraction cut at each end, per coordinate
     krum_byzantine: int = 0  # krum, multikrum, bulyan: assumed number f of Byzantine clients
     krum_select: int = 0  # multikrum: clients averaged; 0 = clients_per_round - f
@@ -267,7 +270,7 @@ def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], No
     need(cfg.server_lr >= 0, f"server_lr must be >= 0 (0 = the strategy's default), got {cfg.server_lr}")
     need(0 <= cfg.server_momentum < 1, f"server_momentum must be in [0, 1), got {cfg.server_momentum}")
     need(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
-    need(cfg.tau > 0, f"tau must be > 0, got {cfg.tau}")
+    need(cfg.tau >= 0, f"tau must be >= 0 (0 = the strategy's default), got {cfg.tau}")
     need(0 <= cfg.trim_ratio < 0.5, f"trim_ratio must be in [0, 0.5), got {cfg.trim_ratio}")
     need(f >= 0, "krum_byzantine must be >= 0")
     need(
