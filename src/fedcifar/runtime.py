@@ -20,14 +20,11 @@ from torch import nn
 
 from fedcifar.config import Config
 
-# compile=auto compiles when a worker trains at least this many images in the run (None: never).
-# CPU: measured on the 2-core Zen 4 box, two single-thread bf16 workers ran no faster compiled
-# (35 vs 44 img/s under the same load) after a 77 s warm-up, and a compiled ResNet-20 trained
-# slower than eager on one thread (454-482 vs 520-527 img/s, 42 s warm-up), so auto never
-# compiles there.
-# CUDA: compiled kernels fuse the elementwise tail of every conv block; a long run repays the
-# warm-up (not measured here: no GPU on the development machine).
-COMPILE_MIN_IMAGES_PER_WORKER: dict[str, int | None] = {"cpu": None, "cuda": 200_000}
+# CUDA: compile=auto compiles when a worker trains at least this many images in the run; the
+# compiled kernels fuse the elementwise tail of every conv block, and a long run repays the
+# warm-up (not measured here: no GPU on the development machine). CPU: see fedcifar.calibrate,
+# which measures instead.
+COMPILE_MIN_IMAGES_PER_WORKER_CUDA = 200_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +35,7 @@ class Runtime:
     workers: int
     threads_per_worker: int
     compile: bool = False
+    calibration: str = ""  # what fedcifar.calibrate measured (or read from its cache), if it decided
 
     @property
     def fused_optimizer(self) -> bool:
@@ -61,10 +59,32 @@ class Runtime:
         """Run the enclosed kernels on ``stream`` (no-op on CPU or for None)."""
         return _on_stream(stream) if stream is not None else nullcontext()
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Move a fresh model to the device and memory format, compiled if chosen."""
+    def prepare(self, model: nn.Module, batch_size: int = 0) -> nn.Module:
+        """Move a fresh model to the device and memory format, compiled if chosen.
+
+        With ``batch_size``, a compiled model also trains one throw-away step at that batch
+        size here, so that models prepared one after another compile once: the first pays
+        the warm-up and the others reuse its code, instead of every worker compiling the
+        same graph at once in the first round. (Its weights are reloaded before any use.)
+        """
         model = model.to(self.device, memory_format=self.memory_format)
-        return torch.compile(model) if self.compile else model
+        if not self.compile:
+            return model
+        model = torch.compile(model)
+        if batch_size:
+            self._warm_up(model, batch_size)
+        return model
+
+    def _warm_up(self, model: nn.Module, batch_size: int) -> None:
+        g = torch.Generator(device=self.device).manual_seed(0)
+        x = torch.randn(batch_size, 3, 32, 32, generator=g, device=self.device).contiguous(
+            memory_format=self.memory_format
+        )
+        model.train()
+        with self.autocast():
+            loss = model(x).float().logsumexp(1).mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
 
     def apply_global_settings(self) -> None:
         """Process-wide knobs: intra-op threads; cuDNN autotuning and TF32 on CUDA."""
@@ -78,9 +98,10 @@ class Runtime:
         precision = "fp32" if self.amp_dtype is None else "bf16 autocast"
         layout = "channels-last" if self.channels_last else "NCHW"
         compiled = ", torch.compile" if self.compile else ""
+        calibration = f" (auto: {self.calibration})" if self.calibration else ""
         return (
             f"{self.device.type}, {precision}, {layout}{compiled}, "
-            f"{self.workers} worker(s) x {self.threads_per_worker} thread(s)"
+            f"{self.workers} worker(s) x {self.threads_per_worker} thread(s){calibration}"
         )
 
 
@@ -125,28 +146,60 @@ def worker_layout(device_type: str, cores: int, clients_per_round: int, workers:
     return workers, threads
 
 
-def compile_pays(cfg: Config, device_type: str, workers: int) -> bool:
-    """``compile=auto``: compile only when a run trains enough images to repay the warm-up."""
-    if cfg.compile != "auto":
-        return cfg.compile == "on"
+def images_per_worker(cfg: Config, workers: int) -> float:
+    """Training images each worker trains in the whole run (clients of the mean size)."""
     per_client = 50_000 / cfg.num_clients * cfg.local_epochs
     if cfg.local_steps:
         per_client = cfg.local_steps * cfg.batch_size
-    images_per_worker = cfg.rounds * cfg.clients_per_round * per_client / max(workers, 1)
-    threshold = COMPILE_MIN_IMAGES_PER_WORKER[device_type]
-    return threshold is not None and images_per_worker >= threshold
+    return cfg.rounds * cfg.clients_per_round * per_client / max(workers, 1)
 
 
-def resolve_runtime(cfg: Config) -> Runtime:
+def compile_pays(cfg: Config, device_type: str, workers: int) -> bool:
+    """``compile=auto`` without a measurement: on CUDA for runs long enough to repay the warm-up; never on CPU."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    return device_type == "cuda" and images_per_worker(cfg, workers) >= COMPILE_MIN_IMAGES_PER_WORKER_CUDA
+
+
+def _calibrate(cfg: Config, workers: int, threads: int):
+    """The measured CPU choice for a long run with something on auto; None for a short one."""
+    from fedcifar import calibrate
+    from fedcifar.federation import model_spec
+
+    if "auto" not in (cfg.precision, cfg.compile):
+        return None
+    images = images_per_worker(cfg, workers)
+    if images < calibrate.CALIBRATE_MIN_IMAGES_PER_WORKER:
+        return None
+    try_compile = cfg.compile == "auto" and images >= calibrate.COMPILE_CANDIDATE_MIN_IMAGES_PER_WORKER
+    spec = model_spec(cfg)
+    key = calibrate.cache_key(cfg.model, cfg.norm, cfg.batch_size, workers, threads)
+    torch.set_num_threads(threads)
+    return calibrate.calibrated(
+        spec.build, key, bf16_supported(torch.device("cpu")), try_compile, workers, cfg.batch_size
+    )
+
+
+def resolve_runtime(cfg: Config, calibrate: bool = False) -> Runtime:
+    """Where and how ``cfg`` runs. With ``calibrate`` (the engines that train a whole run), a long
+    CPU run with ``precision`` or ``compile`` on auto takes the choice :mod:`fedcifar.calibrate`
+    measured on this machine; otherwise auto is the static rule: bf16 where supported, compile on
+    CUDA for long runs."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         from fedcifar.config import ConfigError
 
         raise ConfigError("device=cuda requested but CUDA is not available")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    wants_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
-    amp = torch.bfloat16 if wants_bf16 else None
     workers, threads = worker_layout(
         device.type, cpu_count(), cfg.clients_per_round, cfg.workers, cfg.threads_per_worker
     )
-    return Runtime(device, amp, cfg.channels_last, workers, threads, compile_pays(cfg, device.type, workers))
+    wants_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
+    compiled = compile_pays(cfg, device.type, workers)
+    choice = _calibrate(cfg, workers, threads) if calibrate and device.type == "cpu" else None
+    if choice is not None:
+        wants_bf16 = choice.bf16 if cfg.precision == "auto" else wants_bf16
+        compiled = choice.compile if cfg.compile == "auto" else compiled
+    amp = torch.bfloat16 if wants_bf16 else None
+    note = choice.describe() if choice is not None else ""
+    return Runtime(device, amp, cfg.channels_last, workers, threads, compiled, note)

@@ -63,7 +63,7 @@ def run_engine(w: Workload, **overrides: Any) -> dict[str, Any]:
     overheads = [r["overhead_seconds"] + r["bookkeeping_seconds"] for r in rows]
     keep = measured(list(range(len(rows))))
     images = sum(rows[i]["train_images"] for i in keep)
-    runtime = resolve_runtime(cfg)
+    runtime = resolve_runtime(cfg, calibrate=True)
     return {
         "impl": "fedcifar",
         "runtime": runtime.describe(),
@@ -148,7 +148,7 @@ def run_time_to_accuracy(
     reached = bool(rows) and rows[-1].get("test_acc", 0.0) >= target
     return {
         "impl": f"tta-{precision}",
-        "runtime": resolve_runtime(cfg).describe(),
+        "runtime": resolve_runtime(cfg, calibrate=True).describe(),
         "target": target,
         "reached": reached,
         "rounds": len(rows) if reached else None,

@@ -40,7 +40,7 @@ def run_training(
 def _run_training(
     cfg: Config, run_dir: Path, data: Cifar100, resume: bool, progress: bool, callbacks: Sequence[RoundCallback]
 ) -> pd.DataFrame:
-    runtime = resolve_runtime(cfg)
+    runtime = resolve_runtime(cfg, calibrate=True)
     runtime.apply_global_settings()
     labels = data.train_y.numpy()
     partition = partition_for(cfg, labels)

@@ -55,7 +55,10 @@ class LocalBackend:
             self.test_x, self.test_y = self.test_x[: cfg.eval_limit], self.test_y[: cfg.eval_limit]
         spec = model_spec(cfg)
         self.pool = ModelPool(
-            lambda: runtime.prepare(spec.build(seed=cfg.seed)), runtime.workers, runtime.new_stream, runtime.stream
+            lambda: runtime.prepare(spec.build(seed=cfg.seed), cfg.batch_size),
+            runtime.workers,
+            runtime.new_stream,
+            runtime.stream,
         )
         self.workers = runtime.workers
         self.clients = ClientStore()
