@@ -108,6 +108,8 @@ def run_centralized(
 
     The last epoch stops at the first whole batch that reaches the budget.
     """
+    if cfg.val_size:
+        raise ConfigError("val_size > 0 is for federated runs (train, tune); centralized trains on every image")
     runtime = resolve_runtime(cfg.replace(workers=1))  # one model: every core on its ops
     runtime.apply_global_settings()
     labels = data.train_y.numpy()
