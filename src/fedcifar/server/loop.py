@@ -204,16 +204,18 @@ def run_federation(
     device: torch.device | str = "cpu",
     progress: bool = True,
     callbacks: Sequence[RoundCallback] = (),
+    tensorboard_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Train ``cfg.rounds`` rounds into ``run_dir`` through ``backend`` (continuing it if ``resume``).
 
     Whatever runs the clients, this is the whole server: the run directory, the strategy and
     its resumed state, the initial model (from ``cfg.seed``) and the round loop.
+    ``tensorboard_dir`` overrides where TensorBoard's copy of the metrics goes.
     """
     if cfg.val_size and not isinstance(backend, Validates):
         raise ConfigError(f"val_size={cfg.val_size}: this backend holds no validation images; use the simulator")
     strategy = build_strategy(cfg)
-    run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume)
+    run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume, tensorboard_dir)
     if resumed.round:
         weights = {k: v.to(device) for k, v in resumed.weights.items()}
         strategy.load_state_dict({k: v.to(device) for k, v in resumed.strategy_tensors.items()}, resumed.strategy_meta)
