@@ -110,6 +110,8 @@ def run_centralized(
     """
     if cfg.lr_schedule != "constant":
         raise ConfigError(f"centralized trains at a constant lr; lr_schedule={cfg.lr_schedule} is for federated runs")
+    if cfg.val_size:
+        raise ConfigError("val_size > 0 is for federated runs (train, tune); centralized trains on every image")
     runtime = resolve_runtime(cfg.replace(workers=1))  # one model: every core on its ops
     runtime.apply_global_settings()
     labels = data.train_y.numpy()

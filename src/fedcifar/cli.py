@@ -208,6 +208,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fedcifar.data.cifar100 import load_cifar100
+    from fedcifar.tune import grid_variants, parse_grid, run_tune, set_line, with_validation
+
+    overrides = parse_overrides(args.set or [])
+    grid = parse_grid(args.grid or [])
+    if both := sorted(set(grid) & set(overrides)):
+        raise UserError(f"{', '.join(both)}: given by both --grid and --set")
+    if args.seed is not None:
+        if overrides.get("seed", str(args.seed)).strip() != str(args.seed):
+            raise UserError("--seed and --set seed= disagree")
+        overrides["seed"] = str(args.seed)
+    base, note = with_validation(build_config(args.preset, args.config, overrides))
+    grid_variants(base, args.strategy, grid)  # every bad key or value fails before the data loads
+    if note:
+        print(note, file=sys.stderr)
+    data = load_cifar100(args.data_dir, download=not args.no_download)
+    out = Path(args.out)
+    table = run_tune(base, args.strategy, grid, out, data, progress=not args.quiet)
+    print((out / "tune.md").read_text(), end="")
+    best = table[table["selected"]].iloc[0]
+    print(f"wrote {out / 'tune.csv'}, {out / 'tune.md'} and {out / 'tune.png'} ({len(table)} points)")
+    print(f"selected {best['point']}: score {best['score']:.2%} (validation only)")
+    print(f"use it with: {set_line(table, args.strategy, grid)}")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default: paper)")
     p.add_argument("--config", help="YAML file of config keys")
@@ -276,6 +303,26 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=cmd_compare)
 
 
+def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser(
+        "tune", help="grid-search one strategy's hyperparameters on held-out training images (never the test set)"
+    )
+    tune.add_argument("--strategy", required=True, help="the strategy whose hyperparameters are tuned")
+    tune.add_argument(
+        "--grid", action="append", metavar="KEY=V1,V2,...", help="a config key and its values (repeatable: the product)"
+    )
+    tune.add_argument(
+        "--preset", default="compare", help=f"base config, one of: {', '.join(PRESETS)} (default: compare)"
+    )
+    tune.add_argument("--config", help="YAML file of base config keys")
+    tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config key (repeatable)")
+    tune.add_argument("--seed", type=int, help="the base config's seed (tune on one seed, report on others)")
+    tune.add_argument("--out", required=True, help="folder for one run per grid point and tune.csv/.md/.png")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(tune)
+    tune.set_defaults(func=cmd_tune)
+
+
 def _add_report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="finished runs side by side against training images: table and plot")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -299,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_part_parser(sub)
     add_bench_parser(sub)
     _add_compare_parser(sub)
+    _add_tune_parser(sub)
     _add_report_parser(sub)
     _add_plot_parser(sub)
     add_serve_parser(sub)

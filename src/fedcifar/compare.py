@@ -174,16 +174,19 @@ def seed_spread(table: pd.DataFrame, variants: Sequence[Variant]) -> list[str]:
     return lines
 
 
-def plot_comparison(frames: dict[str, pd.DataFrame], path: str | Path, title: str = "") -> Path:
-    """Test accuracy against round, one line per variant."""
+def plot_comparison(
+    frames: dict[str, pd.DataFrame], path: str | Path, title: str = "", column: str = "test_acc"
+) -> Path:
+    """Accuracy (``column``: test_acc, or val_acc for tune) against round, one line per variant."""
+    split = "validation" if column.startswith("val") else "test"
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     markers = "osD^v<>px*h"
     for i, (label, frame) in enumerate(frames.items()):
-        data = frame[["round", "test_acc"]].dropna() if "test_acc" in frame else frame.iloc[:0]
-        ax.plot(data["round"], 100 * data["test_acc"], marker=markers[i % len(markers)], markersize=3, label=label)
+        data = frame[["round", column]].dropna() if column in frame else frame.iloc[:0]
+        ax.plot(data["round"], 100 * data[column], marker=markers[i % len(markers)], markersize=3, label=label)
     ax.set_xlabel("round")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(title or "Test accuracy per round")
+    ax.set_ylabel(f"{split} top-1 accuracy (%)")
+    ax.set_title(title or f"{split.capitalize()} accuracy per round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     path = Path(path)
@@ -191,6 +194,39 @@ def plot_comparison(frames: dict[str, pd.DataFrame], path: str | Path, title: st
         fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def run_variants(
+    base: Config, variants: Sequence[Variant], out_dir: Path, data, *, progress: bool = True, command: str = "compare"
+) -> dict[str, pd.DataFrame]:
+    """Each variant's metrics: read back if ``out_dir/<variant>/`` is complete, else trained or resumed.
+
+    TensorBoard's copies go to ``out_dir/tensorboard/<variant>/``, so one ``--logdir`` shows them all.
+    """
+    from fedcifar.sim.engine import run_training
+    from fedcifar.track.metrics import METRICS_FILE, read_metrics
+    from fedcifar.track.tensorboard import TENSORBOARD_DIR
+
+    configs = {v.label: variant_config(base, v) for v in variants}  # every error before any training
+    done = {v.label: completed_rounds(out_dir / v.dirname, configs[v.label]) for v in variants}
+    frames: dict[str, pd.DataFrame] = {}
+    for variant in variants:
+        cfg, run_dir = configs[variant.label], out_dir / variant.dirname
+        if done[variant.label] >= cfg.rounds:
+            frame = read_metrics(run_dir / METRICS_FILE)
+            frames[variant.label] = frame[frame["round"] <= cfg.rounds]
+        else:
+            if progress:
+                print(f"{command}: {variant.label} -> {run_dir}", flush=True)
+            frames[variant.label] = run_training(
+                cfg,
+                run_dir,
+                data,
+                resume=done[variant.label] > 0,
+                progress=progress,
+                tensorboard_dir=out_dir / TENSORBOARD_DIR / variant.dirname,
+            )
+    return frames
 
 
 def run_comparison(
@@ -203,22 +239,8 @@ def run_comparison(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every variant into ``out_dir/<variant>/`` and write the table and the plot."""
-    from fedcifar.sim.engine import run_training
-    from fedcifar.track.metrics import METRICS_FILE, read_metrics
-
     out_dir = Path(out_dir)
-    configs = {v.label: variant_config(base, v) for v in variants}  # every error before any training
-    done = {v.label: completed_rounds(out_dir / v.dirname, configs[v.label]) for v in variants}
-    frames: dict[str, pd.DataFrame] = {}
-    for variant in variants:
-        cfg, run_dir = configs[variant.label], out_dir / variant.dirname
-        if done[variant.label] >= cfg.rounds:
-            frames[variant.label] = read_metrics(run_dir / METRICS_FILE)
-            frames[variant.label] = frames[variant.label][frames[variant.label]["round"] <= cfg.rounds]
-        else:
-            if progress:
-                print(f"compare: {variant.label} -> {run_dir}", flush=True)
-            frames[variant.label] = run_training(cfg, run_dir, data, resume=done[variant.label] > 0, progress=progress)
+    frames = run_variants(base, variants, out_dir, data, progress=progress)
     table = summarize(frames, target)
     with atomic_path(out_dir / "comparison.csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -120,6 +120,10 @@ class Config:
     eval_every: int = 1
     eval_limit: int = 0  # > 0 evaluates on the first N test images only (smoke/tests)
     eval_batch_size: int = 1000
+    # > 0 holds out this many training images (class-stratified, drawn from seed) before the
+    # partition, and scores the global model on them at every evaluation (val_* columns), for
+    # tuning without the test set (fedcifar tune). 0 = off, the paper's setting (all 50,000 train).
+    val_size: int = 0
     # execution (how, not what: fedcifar's speed knobs)
     device: Device = "auto"
     precision: Precision = "auto"
@@ -346,6 +350,10 @@ def validate(cfg: Config) -> None:
     need(cfg.eval_every >= 1, "eval_every must be >= 1")
     need(cfg.eval_limit >= 0, "eval_limit must be >= 0")
     need(cfg.eval_batch_size >= 1, "eval_batch_size must be >= 1")
+    need(
+        0 <= cfg.val_size < 50_000,
+        f"val_size must be in [0, 50000) (of CIFAR-100's training images), got {cfg.val_size}",
+    )
     need(cfg.workers >= 0, "workers must be >= 0")
     need(cfg.threads_per_worker >= 0, "threads_per_worker must be >= 0")
     _validate_strategy_params(cfg, need)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fedcifar.config import Config
-from fedcifar.data.partition import Partition, make_partition
+from fedcifar.data.partition import Partition, make_partition, stratified_holdout
 from fedcifar.messages import ClientInstructions
 from fedcifar.model import ModelSpec
 
@@ -30,9 +30,23 @@ def model_spec(cfg: Config) -> ModelSpec:
     return ModelSpec(cfg.model, cfg.norm, NUM_CLASSES)
 
 
+def validation_indices(cfg: Config, labels: np.ndarray) -> np.ndarray:
+    """The ``val_size`` training images held out for validation (sorted; empty when 0).
+
+    A class-stratified sample from a generator of its own (seed, 0x5A1): no client holds them.
+    """
+    if cfg.val_size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return stratified_holdout(labels, cfg.val_size, np.random.default_rng([cfg.seed, 0x5A1]))
+
+
 def partition_for(cfg: Config, labels: np.ndarray) -> Partition:
-    return make_partition(
-        labels,
+    """Each client's indices into the training set, after the validation images are taken out."""
+    labels = np.asarray(labels)
+    held_out = validation_indices(cfg, labels)
+    rest = np.setdiff1d(np.arange(len(labels)), held_out) if len(held_out) else None
+    parts = make_partition(
+        labels if rest is None else labels[rest],
         cfg.partitioner,
         cfg.num_clients,
         cfg.seed,
@@ -40,6 +54,7 @@ def partition_for(cfg: Config, labels: np.ndarray) -> Partition:
         min_partition_size=cfg.min_partition_size,
         shards_per_client=cfg.shards_per_client,
     )
+    return parts if rest is None else [rest[p] for p in parts]
 
 
 def client_seed(seed: int, server_round: int, client_id: int) -> int:

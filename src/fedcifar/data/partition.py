@@ -73,6 +73,26 @@ def dirichlet_partition(
     )
 
 
+def stratified_holdout(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` indices drawn without replacement so that each class keeps its share: sorted int64.
+
+    Class ``c`` of ``n_c`` samples gives ``floor(size * n_c / N)`` of them; the few left over
+    (when ``size`` is not a multiple of the class count) go to classes drawn from ``rng``,
+    one each. CIFAR-100's 500 images a class and ``size=5000`` give exactly 50 a class.
+    """
+    labels = np.asarray(labels)
+    if not 0 <= size < len(labels):
+        raise PartitionError(f"a held-out split of {size} needs 0 <= size < {len(labels)} samples")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = size * counts // len(labels)
+    extra = rng.choice(len(classes), size=size - int(quota.sum()), replace=False)
+    quota[extra] += 1
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 PARTITIONERS: dict[str, Callable[..., Partition]] = {
     "iid": iid_partition,
     "shards": shards_partition,

@@ -162,7 +162,12 @@ def federation_config(preset: str, sets: list[str] | None, nodes: int):
         if not value.strip() or any(c.isspace() for c in value.strip()):
             raise UserError(f"--set {key}={value!r}: a federation's values cannot be empty or hold spaces")
     overrides["num_clients"] = str(nodes)
-    return build_config(preset, None, overrides), {k: v.strip() for k, v in overrides.items()}
+    cfg = build_config(preset, None, overrides)
+    if cfg.val_size:
+        raise UserError(
+            "val_size > 0 is for the simulator (fedcifar train/tune): a federation's nodes hold whole shards"
+        )
+    return cfg, {k: v.strip() for k, v in overrides.items()}
 
 
 def partition_keys(cfg) -> dict[str, object]:

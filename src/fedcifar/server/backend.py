@@ -47,6 +47,13 @@ class Backend(Protocol):
 
 
 @runtime_checkable
+class Validates(Protocol):
+    """A backend that holds the config's validation images (``val_size`` > 0): the simulator."""
+
+    def validate(self, weights: Weights) -> EvalCounts: ...
+
+
+@runtime_checkable
 class HoldsClientState(Protocol):
     """A backend that keeps its clients' own state (the simulator), so the checkpoint must too.
 

@@ -26,12 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from fedcifar.client.train import read_weights
-from fedcifar.config import Config
+from fedcifar.config import Config, ConfigError
 from fedcifar.federation import client_instructions, malicious_clients, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
-from fedcifar.server.backend import Backend, FitTask, HoldsClientState
+from fedcifar.server.backend import Backend, FitTask, HoldsClientState, Validates
 from fedcifar.server.checks import clip_update, non_finite, result_problem, update_norm
-from fedcifar.server.rows import summary_line, test_row, train_row
+from fedcifar.server.rows import summary_line, test_row, train_row, val_row
 from fedcifar.strategy.base import FitRound, Strategy
 from fedcifar.strategy.population import Population
 from fedcifar.strategy.registry import SELECTORS, build_strategy
@@ -177,6 +177,8 @@ def run_rounds(
         if server_round % cfg.eval_every == 0 or server_round == cfg.rounds:
             t_eval = time.perf_counter()
             row.update(test_row(server.backend.evaluate(global_weights), server.population.label_counts))
+            if cfg.val_size:
+                row.update(val_row(server.backend.validate(global_weights)))
             row["eval_seconds"] = time.perf_counter() - t_eval
         t_book = time.perf_counter()
         row["round_seconds"] = t_book - t0  # up to the writes below
@@ -202,14 +204,18 @@ def run_federation(
     device: torch.device | str = "cpu",
     progress: bool = True,
     callbacks: Sequence[RoundCallback] = (),
+    tensorboard_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Train ``cfg.rounds`` rounds into ``run_dir`` through ``backend`` (continuing it if ``resume``).
 
     Whatever runs the clients, this is the whole server: the run directory, the strategy and
     its resumed state, the initial model (from ``cfg.seed``) and the round loop.
+    ``tensorboard_dir`` overrides where TensorBoard's copy of the metrics goes.
     """
+    if cfg.val_size and not isinstance(backend, Validates):
+        raise ConfigError(f"val_size={cfg.val_size}: this backend holds no validation images; use the simulator")
     strategy = build_strategy(cfg)
-    run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume)
+    run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume, tensorboard_dir)
     if resumed.round:
         weights = {k: v.to(device) for k, v in resumed.weights.items()}
         strategy.load_state_dict({k: v.to(device) for k, v in resumed.strategy_tensors.items()}, resumed.strategy_meta)

@@ -54,10 +54,18 @@ def test_row(counts: EvalCounts, label_counts: np.ndarray) -> dict[str, float]:
     return row
 
 
+def val_row(counts: EvalCounts) -> dict[str, float]:
+    """The round's validation columns (held-out training images): loss, top-1, top-5."""
+    scores = counts.scores()
+    return {"val_loss": scores["loss"], "val_acc": scores["acc"], "val_top5": scores["top5"]}
+
+
 def summary_line(row: dict[str, Any], total_rounds: int) -> str:
     text = f"round {row['round']:>3}/{total_rounds}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
     if "test_acc" in row:
         text += f"  test loss {row['test_loss']:.3f} acc {row['test_acc']:.3f} top5 {row['test_top5']:.3f}"
+    if "val_acc" in row:
+        text += f"  val acc {row['val_acc']:.3f}"
     text += f"  {row['round_seconds']:.1f}s  {row['images_per_sec']:.0f} img/s"
     if row.get("clients_failed"):
         text += f"  {row['clients_failed']} failed"

@@ -31,14 +31,24 @@ def run_training(
     resume: bool = False,
     progress: bool = True,
     callbacks: Sequence[RoundCallback] = (),
+    tensorboard_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Train ``cfg.rounds`` rounds into ``run_dir`` (continuing its checkpoint if ``resume``)."""
+    """Train ``cfg.rounds`` rounds into ``run_dir`` (continuing its checkpoint if ``resume``).
+
+    ``tensorboard_dir``: where TensorBoard event files go (default ``run_dir/tensorboard``).
+    """
     with run_dir_lock(run_dir):  # before the first write: one trainer per run directory
-        return _run_training(cfg, Path(run_dir), data, resume, progress, callbacks)
+        return _run_training(cfg, Path(run_dir), data, resume, progress, callbacks, tensorboard_dir)
 
 
 def _run_training(
-    cfg: Config, run_dir: Path, data: Cifar100, resume: bool, progress: bool, callbacks: Sequence[RoundCallback]
+    cfg: Config,
+    run_dir: Path,
+    data: Cifar100,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[RoundCallback],
+    tensorboard_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     runtime = resolve_runtime(cfg, calibrate=True)
     runtime.apply_global_settings()
@@ -60,4 +70,5 @@ def _run_training(
             device=runtime.device,
             progress=progress,
             callbacks=callbacks,
+            tensorboard_dir=tensorboard_dir,
         )

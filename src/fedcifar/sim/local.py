@@ -32,7 +32,7 @@ from fedcifar.config import Config
 from fedcifar.data.cifar100 import Cifar100
 from fedcifar.data.partition import Partition
 from fedcifar.errors import one_line
-from fedcifar.federation import loss_sample, model_spec
+from fedcifar.federation import loss_sample, model_spec, validation_indices
 from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
@@ -53,6 +53,8 @@ class LocalBackend:
         self.test_x, self.test_y = self.data.test_x, self.data.test_y
         if cfg.eval_limit:
             self.test_x, self.test_y = self.test_x[: cfg.eval_limit], self.test_y[: cfg.eval_limit]
+        held_out = torch.as_tensor(validation_indices(cfg, data.train_y.numpy()), device=runtime.device)
+        self.val_x, self.val_y = self.data.train_x[held_out], self.data.train_y[held_out]
         spec = model_spec(cfg)
         self.pool = ModelPool(
             lambda: runtime.prepare(spec.build(seed=cfg.seed), cfg.batch_size),
@@ -105,10 +107,17 @@ class LocalBackend:
 
     def evaluate(self, weights: Weights) -> EvalCounts:
         """``weights`` on the test set, each worker on a contiguous shard (the counts add up exactly)."""
-        n, workers = len(self.test_y), self.pool.workers
+        return self._sharded_eval(weights, self.test_x, self.test_y)
+
+    def validate(self, weights: Weights) -> EvalCounts:
+        """``weights`` on the ``val_size`` held-out training images (no client holds them)."""
+        return self._sharded_eval(weights, self.val_x, self.val_y)
+
+    def _sharded_eval(self, weights: Weights, images: torch.Tensor, labels: torch.Tensor) -> EvalCounts:
+        n, workers = len(labels), self.pool.workers
         bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
         run = partial(eval_counts, weights=weights, runtime=self.runtime, batch_size=self.cfg.eval_batch_size)
-        jobs = [partial(run, images=self.test_x[a:b], labels=self.test_y[a:b]) for a, b in bounds if b > a]
+        jobs = [partial(run, images=images[a:b], labels=labels[a:b]) for a, b in bounds if b > a]
         return functools.reduce(operator.add, self.pool.map(jobs))
 
     def client_losses(self, server_round: int, weights: Weights, client_ids: Sequence[int]) -> list[float]:

@@ -32,6 +32,7 @@ from fedcifar.track.io import atomic_path, atomic_write_text
 from fedcifar.track.lock import acquire, release
 from fedcifar.track.metrics import PROGRESS_FILE, MetricsLog
 from fedcifar.track.plots import plot_curves, plot_partition
+from fedcifar.track.tensorboard import TENSORBOARD_DIR, ScalarLog
 
 PARTITION_CSV = "partition.csv"
 
@@ -83,18 +84,29 @@ def check_resumable(path: Path, done: int, saved: Config, cfg: Config) -> None:
 class RunDir:
     """Writes one federated run's directory; :meth:`open` starts it or picks it up."""
 
-    def __init__(self, path: Path, cfg: Config, model_info: Mapping[str, Any], log: MetricsLog) -> None:
+    def __init__(
+        self, path: Path, cfg: Config, model_info: Mapping[str, Any], log: MetricsLog, scalars: ScalarLog | None = None
+    ) -> None:
         self.path = path
         self.cfg = cfg
         self.model_info = dict(model_info)
         self.log = log
+        self.scalars = scalars  # TensorBoard's copy of each row, if tensorboard is installed
 
     @classmethod
-    def open(cls, path: str | Path, cfg: Config, model_info: Mapping[str, Any], resume: bool) -> tuple[RunDir, Resumed]:
+    def open(
+        cls,
+        path: str | Path,
+        cfg: Config,
+        model_info: Mapping[str, Any],
+        resume: bool,
+        tensorboard_dir: str | Path | None = None,
+    ) -> tuple[RunDir, Resumed]:
         """Start a run in ``path``, or continue its checkpoint (only ``rounds`` may differ).
 
         The run holds the directory's lock until the returned RunDir is garbage-collected (or
-        the process ends): another process gets "run directory in use (pid N)".
+        the process ends): another process gets "run directory in use (pid N)". TensorBoard
+        event files go to ``tensorboard_dir`` (default ``path/tensorboard``) when installed.
         """
         path = Path(path)
         acquire(path)
@@ -103,8 +115,10 @@ class RunDir:
         except BaseException:
             release(path)
             raise
-        run = cls(path, cfg, model_info, log)
+        scalars = ScalarLog(tensorboard_dir or path / TENSORBOARD_DIR, first_round=resumed.round + 1)
+        run = cls(path, cfg, model_info, log, scalars)
         weakref.finalize(run, release, path)
+        weakref.finalize(run, scalars.close)
         return run, resumed
 
     @staticmethod
@@ -148,6 +162,8 @@ class RunDir:
     ) -> None:
         """Write a finished round: metrics row, plots, exported model, then the checkpoint."""
         self.log.append(row)
+        if self.scalars is not None:
+            self.scalars.add_row(row)
         plot_curves(self.log.frame, self.path)
         tested = self.log.frame["test_acc"].dropna() if "test_acc" in self.log.frame else pd.Series(dtype=float)
         info = {**self.model_info, "round": row["round"], "test_acc": float(tested.iloc[-1]) if len(tested) else None}
