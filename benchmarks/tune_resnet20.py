@@ -115,6 +115,12 @@ def step_overhead(repeats: int) -> dict[str, float]:
     return {"step_ms": 1e3 * wall, "aten_ms": 1e3 * op_seconds, "outside_ops": max(0.0, 1 - op_seconds / wall)}
 
 
+def _cpu() -> str:
+    from fedcifar.calibrate import cpu_name
+
+    return cpu_name()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="tune_resnet20.json")
@@ -133,15 +139,21 @@ def main() -> None:
     add("train", f"{cores} workers x 1 thread, fp32, channels-last", train_rate(_runtime(cores, 1, bf16=False), r))
     add("train", f"{cores} workers x 1 thread, bf16, NCHW", train_rate(_runtime(cores, 1, channels_last=False), r))
     add("train", "1 worker x 1 thread, bf16, eager", train_rate(_runtime(1, 1), r))
-    start = time.perf_counter()
-    compiled = train_rate(_runtime(1, 1), r, compile_model=True)
-    add(
-        "train",
-        f"1 worker x 1 thread, bf16, torch.compile (warm-up incl. {time.perf_counter() - start:.0f} s)",
-        compiled,
-    )
+    add("train", "1 worker x 1 thread, fp32, eager", train_rate(_runtime(1, 1, bf16=False), r))
+    for bf16 in (True, False):
+        name = "bf16" if bf16 else "fp32"
+        start = time.perf_counter()
+        compiled = train_rate(_runtime(1, 1, bf16=bf16), r, compile_model=True)
+        add(
+            "train",
+            f"1 worker x 1 thread, {name}, torch.compile (warm-up incl. {time.perf_counter() - start:.0f} s)",
+            compiled,
+        )
     for batch in (100, 250, 500, 1000):
         add("eval", f"{cores} workers x 1 thread, batch {batch}, BN folded", eval_rate(_runtime(cores, 1), batch, r))
+    for batch in (100, 250, 1000):
+        fp32 = _runtime(cores, 1, bf16=False)
+        add("eval", f"{cores} workers x 1 thread, fp32, batch {batch}, BN folded", eval_rate(fp32, batch, r))
     add("eval", f"{cores} workers x 1 thread, batch 250, BN not folded", eval_rate(_runtime(cores, 1), 250, r, False))
     add("eval", f"1 worker x {cores} threads, batch 250, BN folded", eval_rate(_runtime(1, cores), 250, r))
     overhead = step_overhead(r)
@@ -154,6 +166,7 @@ def main() -> None:
         "step": overhead,
         "cores": cores,
         "torch": torch.__version__,
+        "cpu": _cpu(),
         "repeats": r,
     }
     with open(args.out, "w") as f:
