@@ -49,7 +49,7 @@ def test_grid_specs_are_checked_before_any_training():
         with pytest.raises(ConfigError, match=match):
             parse_grid(bad)
     base = build_config("smoke")
-    with pytest.raises(ConfigError, match="tau must be > 0"):
+    with pytest.raises(ConfigError, match="tau must be >= 0"):
         grid_variants(base, "fedadam", parse_grid(["tau=0.1,-1"]))
     with pytest.raises(ConfigError, match="not a number"):
         grid_variants(base, "fedadam", parse_grid(["tau=abc"]))
