@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from fedcifar import calibrate
+from fedcifar.calibrate import resolve_runtime
 from fedcifar.config import build_config
-from fedcifar.runtime import Runtime, resolve_runtime
+from fedcifar.runtime import Runtime
+from fedcifar.runtime import resolve_runtime as static_runtime
 
 LONG = dict(model="resnet20", rounds=100, device="cpu", workers=2, threads_per_worker=1)  # paper-cpu's length
 
@@ -21,8 +23,8 @@ def fake_measure(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDCIFAR_CACHE_DIR", str(tmp_path))
     calls = []
 
-    def measure(build, bf16_ok, try_compile, workers, batch_size):
-        calls.append((try_compile, workers, batch_size))
+    def measure(build, base, bf16_ok, try_compile, batch_size):
+        calls.append((try_compile, base.workers, batch_size))
         rates = {"fp32": 500.0, "bf16": 400.0, **({"fp32 compiled": 600.0} if try_compile else {})}
         return calibrate.Choice(False, try_compile, rates, "measured")
 
@@ -32,10 +34,10 @@ def fake_measure(tmp_path, monkeypatch):
 
 def test_a_long_run_measures_once_then_reads_the_cache(tmp_path, fake_measure):
     cfg = build_config("paper", None, LONG)
-    first = resolve_runtime(cfg, calibrate=True)
+    first = resolve_runtime(cfg)
     assert first.amp_dtype is None and first.compile  # the measured verdict, not the static bf16 rule
     assert "measured" in first.describe() and "fp32 compiled 600" in first.describe()
-    second = resolve_runtime(cfg, calibrate=True)
+    second = resolve_runtime(cfg)
     assert (second.amp_dtype, second.compile) == (first.amp_dtype, first.compile) and "cached" in second.describe()
     assert fake_measure == [(True, 2, 64)]  # once, with the run's workers and batch size
     (key,) = json.loads((tmp_path / "calibration.json").read_text())
@@ -43,23 +45,23 @@ def test_a_long_run_measures_once_then_reads_the_cache(tmp_path, fake_measure):
 
 
 def test_explicit_settings_short_runs_and_other_models_decide_as_they_should(tmp_path, fake_measure):
-    explicit = resolve_runtime(build_config("paper", None, {**LONG, "precision": "bf16", "compile": "off"}), True)
+    explicit = resolve_runtime(build_config("paper", None, {**LONG, "precision": "bf16", "compile": "off"}))
     assert explicit.amp_dtype is torch.bfloat16 and not explicit.compile and fake_measure == []
-    short = resolve_runtime(build_config("paper", None, {**LONG, "rounds": 2}), calibrate=True)
+    short = resolve_runtime(build_config("paper", None, {**LONG, "rounds": 2}))
     assert short.calibration == "" and fake_measure == []  # a short run keeps the static rule
-    not_asked = resolve_runtime(build_config("paper", None, LONG))  # callers that only describe a run
+    not_asked = static_runtime(build_config("paper", None, LONG))  # callers that only describe a run
     assert not_asked.calibration == "" and fake_measure == []
-    medium = resolve_runtime(build_config("paper", None, {**LONG, "rounds": 20}), calibrate=True)
+    medium = resolve_runtime(build_config("paper", None, {**LONG, "rounds": 20}))
     assert fake_measure == [(False, 2, 64)] and not medium.compile  # too short to try compiling
-    resolve_runtime(build_config("paper", None, {**LONG, "rounds": 20, "model": "resnet18"}), calibrate=True)
+    resolve_runtime(build_config("paper", None, {**LONG, "rounds": 20, "model": "resnet18"}))
     assert len(fake_measure) == 2  # another model, another entry
-    precision_only = resolve_runtime(build_config("paper", None, {**LONG, "compile": "off"}), calibrate=True)
+    precision_only = resolve_runtime(build_config("paper", None, {**LONG, "compile": "off"}))
     assert not precision_only.compile and precision_only.amp_dtype is None
 
 
 def test_a_cached_verdict_without_a_compiled_candidate_is_measured_again_for_a_longer_run(tmp_path, fake_measure):
-    resolve_runtime(build_config("paper", None, {**LONG, "rounds": 20}), calibrate=True)
-    assert resolve_runtime(build_config("paper", None, LONG), calibrate=True).compile
+    resolve_runtime(build_config("paper", None, {**LONG, "rounds": 20}))
+    assert resolve_runtime(build_config("paper", None, LONG)).compile
     assert [c[0] for c in fake_measure] == [False, True]
 
 
@@ -67,7 +69,8 @@ def test_the_real_measurement_times_every_candidate_and_keeps_the_fastest():
     def build():
         return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 100))
 
-    choice = calibrate.measure(build, bf16_ok=True, try_compile=False, workers=2, batch_size=8)
+    base = Runtime(torch.device("cpu"), None, False, 2, 1)
+    choice = calibrate.measure(build, base, bf16_ok=True, try_compile=False, batch_size=8)
     assert set(choice.rates) == {"fp32", "bf16"} and all(r > 0 for r in choice.rates.values())
     assert choice.bf16 == (choice.rates["bf16"] > choice.rates["fp32"]) and not choice.compile
 

@@ -23,11 +23,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from fedcifar.client.train import read_weights, train_client
+from fedcifar.config import Config
+from fedcifar.messages import ClientInstructions
+from fedcifar.runtime import Runtime, bf16_supported, images_per_worker
+from fedcifar.runtime import resolve_runtime as static_runtime
 from fedcifar.track.io import atomic_write_text
 
 CACHE_VERSION = 1
@@ -87,52 +92,41 @@ def _load_cache(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def train_rate(
-    build: Callable[[], torch.nn.Module], bf16: bool, compiled: bool, workers: int, batch_size: int
-) -> float:
-    """Training images/s of ``workers`` models trained side by side on random images."""
+def train_rate(build: Callable[[], torch.nn.Module], runtime: Runtime, batch_size: int) -> float:
+    """Training images/s of ``runtime.workers`` clients trained side by side, on random images,
+    through the client update itself (:func:`~fedcifar.client.train.train_client`)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (batch_size,), generator=g)
-    models = []
-    for _ in range(workers):
-        model = build().to(memory_format=torch.channels_last)
-        models.append(torch.compile(model) if compiled else model)
-
-    def steps(model: torch.nn.Module, count: int) -> None:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-        model.train()
-        for _ in range(count):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    steps(models[0], 3)  # compiles once; the other workers reuse the compiled code
-    for model in models[1:]:
-        steps(model, 3)
-    threads = [threading.Thread(target=steps, args=(m, STEPS)) for m in models]
+    n = STEPS * batch_size
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 100, (n,), generator=g)
+    models = [runtime.prepare(build(), batch_size) for _ in range(runtime.workers)]  # compiles once
+    weights = read_weights(models[0])
+    warm = ClientInstructions(seed=0, epochs=1, steps=3, batch_size=batch_size)
+    for model in models:
+        train_client(model, weights, images, labels, warm, runtime)
+    timed = ClientInstructions(seed=0, epochs=1, batch_size=batch_size)
+    threads = [threading.Thread(target=train_client, args=(m, weights, images, labels, timed, runtime)) for m in models]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return workers * STEPS * batch_size / (time.perf_counter() - start)
+    return runtime.workers * n / (time.perf_counter() - start)
 
 
 def measure(
-    build: Callable[[], torch.nn.Module], bf16_ok: bool, try_compile: bool, workers: int, batch_size: int
+    build: Callable[[], torch.nn.Module], base: Runtime, bf16_ok: bool, try_compile: bool, batch_size: int
 ) -> Choice:
-    """Time every candidate and keep the fastest (compiled only if it beats eager by 5 %)."""
-    rates = {"fp32": train_rate(build, False, False, workers, batch_size)}
+    """Time every candidate on ``base``'s layout and keep the fastest (compiled only if it beats eager by 5 %)."""
+    bf16_runtime = replace(base, amp_dtype=torch.bfloat16)
+    rates = {"fp32": train_rate(build, base, batch_size)}
     if bf16_ok:
-        rates["bf16"] = train_rate(build, True, False, workers, batch_size)
+        rates["bf16"] = train_rate(build, bf16_runtime, batch_size)
     bf16 = rates.get("bf16", 0.0) > rates["fp32"]
     compiled = False
     if try_compile:
         name = ("bf16" if bf16 else "fp32") + " compiled"
-        rates[name] = train_rate(build, bf16, True, workers, batch_size)
+        rates[name] = train_rate(build, replace(bf16_runtime if bf16 else base, compile=True), batch_size)
         compiled = rates[name] > 1.05 * max(rates["fp32"], rates.get("bf16", 0.0))
     return Choice(bf16, compiled, rates, "measured")
 
@@ -140,9 +134,9 @@ def measure(
 def calibrated(
     build: Callable[[], torch.nn.Module],
     key: str,
+    base: Runtime,
     bf16_ok: bool,
     try_compile: bool,
-    workers: int,
     batch_size: int,
 ) -> Choice:
     """The cached choice for ``key``, or a new measurement (then cached). Cached compile verdicts
@@ -152,7 +146,7 @@ def calibrated(
     hit = cache.get(key)
     if isinstance(hit, dict) and (not try_compile or any("compiled" in k for k in hit.get("rates", {}))):
         return Choice(bool(hit["bf16"]), bool(hit["compile"]) and try_compile, dict(hit["rates"]), "cached")
-    choice = measure(build, bf16_ok, try_compile, workers, batch_size)
+    choice = measure(build, base, bf16_ok, try_compile, batch_size)
     cache[key] = {k: v for k, v in asdict(choice).items() if k != "source"}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,3 +154,27 @@ def calibrated(
     except OSError:  # a read-only home: measure again next time
         pass
     return choice
+
+
+def resolve_runtime(cfg: Config) -> Runtime:
+    """:func:`fedcifar.runtime.resolve_runtime`, except that a long CPU run with ``precision`` or
+    ``compile`` on auto takes what this machine measured (or cached) for its model and layout."""
+    from fedcifar.federation import model_spec
+
+    runtime = static_runtime(cfg)
+    images = images_per_worker(cfg, runtime.workers)
+    if runtime.device.type != "cpu" or "auto" not in (cfg.precision, cfg.compile):
+        return runtime
+    if images < CALIBRATE_MIN_IMAGES_PER_WORKER:
+        return runtime
+    try_compile = cfg.compile == "auto" and images >= COMPILE_CANDIDATE_MIN_IMAGES_PER_WORKER
+    key = cache_key(cfg.model, cfg.norm, cfg.batch_size, runtime.workers, runtime.threads_per_worker)
+    torch.set_num_threads(runtime.threads_per_worker)
+    base = replace(runtime, amp_dtype=None, compile=False)  # fp32, eager
+    choice = calibrated(model_spec(cfg).build, key, base, bf16_supported(base.device), try_compile, cfg.batch_size)
+    return replace(
+        runtime,
+        amp_dtype=(torch.bfloat16 if choice.bf16 else None) if cfg.precision == "auto" else runtime.amp_dtype,
+        compile=choice.compile if cfg.compile == "auto" else runtime.compile,
+        calibration=choice.describe(),
+    )

@@ -161,30 +161,10 @@ def compile_pays(cfg: Config, device_type: str, workers: int) -> bool:
     return device_type == "cuda" and images_per_worker(cfg, workers) >= COMPILE_MIN_IMAGES_PER_WORKER_CUDA
 
 
-def _calibrate(cfg: Config, workers: int, threads: int):
-    """The measured CPU choice for a long run with something on auto; None for a short one."""
-    from fedcifar import calibrate
-    from fedcifar.federation import model_spec
-
-    if "auto" not in (cfg.precision, cfg.compile):
-        return None
-    images = images_per_worker(cfg, workers)
-    if images < calibrate.CALIBRATE_MIN_IMAGES_PER_WORKER:
-        return None
-    try_compile = cfg.compile == "auto" and images >= calibrate.COMPILE_CANDIDATE_MIN_IMAGES_PER_WORKER
-    spec = model_spec(cfg)
-    key = calibrate.cache_key(cfg.model, cfg.norm, cfg.batch_size, workers, threads)
-    torch.set_num_threads(threads)
-    return calibrate.calibrated(
-        spec.build, key, bf16_supported(torch.device("cpu")), try_compile, workers, cfg.batch_size
-    )
-
-
-def resolve_runtime(cfg: Config, calibrate: bool = False) -> Runtime:
-    """Where and how ``cfg`` runs. With ``calibrate`` (the engines that train a whole run), a long
-    CPU run with ``precision`` or ``compile`` on auto takes the choice :mod:`fedcifar.calibrate`
-    measured on this machine; otherwise auto is the static rule: bf16 where supported, compile on
-    CUDA for long runs."""
+def resolve_runtime(cfg: Config) -> Runtime:
+    """Where and how ``cfg`` runs, with auto by the static rule: bf16 where supported, compile on
+    CUDA for long runs. The engines that train a whole run use
+    :func:`fedcifar.calibrate.resolve_runtime`, which measures on a CPU instead."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         from fedcifar.config import ConfigError
 
@@ -195,11 +175,5 @@ def resolve_runtime(cfg: Config, calibrate: bool = False) -> Runtime:
         device.type, cpu_count(), cfg.clients_per_round, cfg.workers, cfg.threads_per_worker
     )
     wants_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
-    compiled = compile_pays(cfg, device.type, workers)
-    choice = _calibrate(cfg, workers, threads) if calibrate and device.type == "cpu" else None
-    if choice is not None:
-        wants_bf16 = choice.bf16 if cfg.precision == "auto" else wants_bf16
-        compiled = choice.compile if cfg.compile == "auto" else compiled
     amp = torch.bfloat16 if wants_bf16 else None
-    note = choice.describe() if choice is not None else ""
-    return Runtime(device, amp, cfg.channels_last, workers, threads, compiled, note)
+    return Runtime(device, amp, cfg.channels_last, workers, threads, compile_pays(cfg, device.type, workers))

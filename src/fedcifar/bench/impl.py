@@ -48,8 +48,8 @@ def engine_config(w: Workload, **overrides: Any) -> Config:
 
 
 def run_engine(w: Workload, **overrides: Any) -> dict[str, Any]:
+    from fedcifar.calibrate import resolve_runtime as calibrated_runtime
     from fedcifar.data.cifar100 import load_cifar100
-    from fedcifar.runtime import resolve_runtime
     from fedcifar.sim.engine import run_training
 
     t_start = time.perf_counter()
@@ -63,7 +63,7 @@ def run_engine(w: Workload, **overrides: Any) -> dict[str, Any]:
     overheads = [r["overhead_seconds"] + r["bookkeeping_seconds"] for r in rows]
     keep = measured(list(range(len(rows))))
     images = sum(rows[i]["train_images"] for i in keep)
-    runtime = resolve_runtime(cfg, calibrate=True)
+    runtime = calibrated_runtime(cfg)
     return {
         "impl": "fedcifar",
         "runtime": runtime.describe(),
@@ -128,8 +128,8 @@ def run_time_to_accuracy(
     worse shows up as more rounds. Seconds count from the start of training (model, partition,
     workers) to the end of the round that reached the target, writes included.
     """
+    from fedcifar.calibrate import resolve_runtime as calibrated_runtime
     from fedcifar.data.cifar100 import load_cifar100
-    from fedcifar.runtime import resolve_runtime
     from fedcifar.sim.engine import run_training
 
     cfg = build_config("paper-cpu", None, {"seed": w.seed, "rounds": max_rounds, "precision": precision, **overrides})
@@ -148,7 +148,7 @@ def run_time_to_accuracy(
     reached = bool(rows) and rows[-1].get("test_acc", 0.0) >= target
     return {
         "impl": f"tta-{precision}",
-        "runtime": resolve_runtime(cfg, calibrate=True).describe(),
+        "runtime": calibrated_runtime(cfg).describe(),
         "target": target,
         "reached": reached,
         "rounds": len(rows) if reached else None,

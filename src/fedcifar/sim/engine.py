@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fedcifar.calibrate import resolve_runtime as calibrated_runtime
 from fedcifar.config import Config
 from fedcifar.data.cifar100 import Cifar100
 from fedcifar.federation import partition_for
-from fedcifar.runtime import resolve_runtime
 from fedcifar.server.loop import RoundCallback, run_federation
 from fedcifar.sim.local import LocalBackend
 from fedcifar.strategy.population import Population
@@ -50,7 +50,7 @@ def _run_training(
     callbacks: Sequence[RoundCallback],
     tensorboard_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    runtime = resolve_runtime(cfg, calibrate=True)
+    runtime = calibrated_runtime(cfg)
     runtime.apply_global_settings()
     labels = data.train_y.numpy()
     partition = partition_for(cfg, labels)
