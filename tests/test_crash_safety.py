@@ -247,5 +247,6 @@ def test_sigkill_at_20_random_instants_then_auto_resume_gives_the_uninterrupted_
         assert final.keys() == reference.keys()
         assert all(torch.equal(final[k], reference[k]) for k in reference), f"{kind}: weights differ"
         pd.testing.assert_frame_equal(pd.read_csv(run_dir / "metrics.csv")[DETERMINISTIC], expected)
-        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir() if p.name != LOCK_FILE}
+        files = [p for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_FILE]  # tensorboard/ included
+        modes = {str(p.relative_to(run_dir)): stat.S_IMODE(p.stat().st_mode) for p in files}
         assert set(modes.values()) == {io.file_mode()}, modes  # 0o644 under umask 022, never mkstemp's 0600
