@@ -16,6 +16,8 @@ from fedcifar.strategy.aggregate import apply_update, pseudo_gradient
 from fedcifar.strategy.base import FitRound
 from fedcifar.strategy.fedavg import FedAvg
 from fedcifar.strategy.fedbn import FedBN
+from fedcifar.strategy.feddyn import FedDyn
+from fedcifar.strategy.fedexp import FedExP
 from fedcifar.strategy.fedopt import FedAdam, FedAvgM, adaptive_step
 from fedcifar.strategy.fedprox import FedProx
 from fedcifar.strategy.population import Population, label_discrepancy
@@ -416,3 +418,55 @@ def test_every_strategy_survives_a_checkpoint_round_trip(tmp_path, name, norm):
     b, config_b = _fake_round(resumed, 3, {k: ckpt.weights[k] for k in x})
     _same_config(config_a, config_b)
     assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+# --- FedDyn and FedExP (server side) ---------------------------------------------------------
+
+
+def test_feddyn_server_follows_algorithm_one_over_three_rounds():
+    """h <- h - α (1/m) Σ_P (w_k - w); w <- mean_P(w_k) - h/α, unweighted, written out in numpy."""
+    m, alpha = 6, 0.1
+    strategy = FedDyn(num_clients=m, alpha=alpha)
+    x = _global()
+    h = np.zeros(3)
+    for rnd, sizes in enumerate(([5, 50], [10, 20, 30], [7]), start=1):
+        config = strategy.configure_fit(rnd, list(range(len(sizes))))
+        assert all(c == {"feddyn_alpha": alpha} for c in config.values())
+        results = _results(x, sizes, seed=rnd)
+        ws = np.stack([_np(r.weights["conv.weight"]) for r in results])
+        w = _np(x["conv.weight"])
+        h = h - alpha * (ws - w).sum(0) / m
+        expected = ws.mean(0) - h / alpha
+        stats = np.stack([_np(r.weights["bn.running_mean"]) for r in results]).mean(0)
+        x = aggregate(strategy, rnd, x, results)
+        np.testing.assert_allclose(_np(x["conv.weight"]), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_np(x["bn.running_mean"]), stats, rtol=1e-5, atol=1e-6)  # unweighted mean
+        np.testing.assert_allclose(_np(strategy.h["conv.weight"]), h, rtol=1e-5, atol=1e-7)
+    assert "bn.running_mean" not in strategy.h
+    restored = FedDyn(num_clients=m, alpha=alpha)
+    restored.load_state_dict(*strategy.state_dict())
+    assert all(torch.equal(restored.h[k], strategy.h[k]) for k in strategy.h)
+
+
+def test_fedexp_step_size_follows_the_paper_and_is_recorded():
+    """η_g = max(1, Σ p_i ||Δ_i||² / (2 (||Δ̄||² + ε))), with Δ over trained parameters only."""
+    eps = 1e-3
+    x = _global()
+    params = ("conv.weight", "bn.weight", "bn.bias")
+    for sizes, spread in (([1, 1, 1, 1], 0.5), ([1, 1], 0.0)):
+        results = _results(x, sizes, seed=3)
+        if spread == 0.0:  # clients that agree: the ratio is 1/2, so FedAvg's step
+            results = [ClientResult(i, dict(results[0].weights), 1, {}) for i in range(len(sizes))]
+        strategy = FedExP(epsilon=eps, weighting=Weighting("uniform"))
+        deltas = np.stack([np.concatenate([_np(r.weights[k]) - _np(x[k]) for k in params]) for r in results])
+        mean = deltas.mean(0)
+        step = max(1.0, (deltas**2).sum() / (2 * len(results) * ((mean**2).sum() + eps)))
+        fit = FitRound(1, x, {r.client_id: 1.0 for r in results})
+        out = strategy.aggregate_fit(fit, iter(results))
+        assert fit.metrics["server_step"] == pytest.approx(step, rel=1e-6)
+        assert (step > 1.5) == (spread > 0)  # disagreeing clients extrapolate, agreeing ones do not
+        flat = np.concatenate([_np(out[k]) - _np(x[k]) for k in params])
+        np.testing.assert_allclose(flat, step * mean, rtol=1e-5, atol=1e-6)
+        stats = np.stack([_np(r.weights["bn.running_var"]) for r in results]).mean(0)
+        np.testing.assert_allclose(_np(out["bn.running_var"]), stats, rtol=1e-6)  # statistics: the mean
+    assert step == 1.0 and fit.metrics["server_step"] == 1.0

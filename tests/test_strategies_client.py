@@ -143,3 +143,44 @@ def test_local_bn_layers_replace_global_entries_before_training_and_are_kept_aft
     assert torch.equal(first.weights["1.weight"], start["1.weight"])
     plain = train_client(model, start, images, labels, _instructions(steps=1, lr=0.0), CPU, state={"local": own})
     assert torch.equal(plain.weights["1.weight"], start["1.weight"]) and plain.state["local"] is own
+
+
+def test_feddyn_client_gradient_and_kept_state_match_the_paper_over_three_sgd_steps():
+    """Acar et al. 2021, Algorithm 1: minimise L_k(w) - <g_k, w> + (α/2)||w - w_global||², then
+    g_k+ = g_k - α (w_k - w_global). Full-batch SGD steps written out in numpy."""
+    images, labels = _data()
+    model = _model()
+    start = read_weights(model)
+    g = torch.Generator().manual_seed(3)
+    g_k = {"1.weight": 0.05 * torch.randn(start["1.weight"].shape, generator=g)}  # bias: g_k missing = 0
+    lr, alpha, steps = 0.05, 0.3, 3
+    instr = _instructions(steps=steps, lr=lr, feddyn_alpha=alpha)
+    res = train_client(model, start, images, labels, instr, CPU, state={"feddyn_grad": g_k})
+    x, y = _features(images), labels.numpy()
+    w0, b0 = start["1.weight"].double().numpy(), start["1.bias"].double().numpy()
+    gw_k = g_k["1.weight"].double().numpy()
+    w, b = w0.copy(), b0.copy()
+    for _ in range(steps):
+        gw, gb = _grad(w, b, x, y)
+        w, b = w - lr * (gw - gw_k + alpha * (w - w0)), b - lr * (gb + alpha * (b - b0))
+    np.testing.assert_allclose(res.weights["1.weight"].double().numpy(), w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.weights["1.bias"].double().numpy(), b, rtol=1e-4, atol=1e-6)
+    kept = res.state["feddyn_grad"]
+    np.testing.assert_allclose(kept["1.weight"].double().numpy(), gw_k - alpha * (w - w0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(kept["1.bias"].double().numpy(), -alpha * (b - b0), rtol=1e-4, atol=1e-6)
+    assert res.extras == {}  # g_k never leaves the client
+
+
+def test_client_state_keys_are_the_same_with_and_without_torch_compile():
+    """The hooks see the plain module: a compiled model's ``_orig_mod.`` prefix never reaches
+    SCAFFOLD's c_i or FedDyn's g_k, so a resume that switches compile on keeps every client's state."""
+    images, labels = _data()
+    start = read_weights(_model())
+    c = {k: torch.zeros_like(v) for k, v in start.items()}
+    instr = _instructions(steps=2, lr=0.05, control_server=c, feddyn_alpha=0.1)
+    plain = train_client(_model(), start, images, labels, instr, CPU)
+    compiled_model = torch.compile(_model(), backend="eager")  # the same wrapper as inductor's, compiled fast
+    compiled = train_client(compiled_model, start, images, labels, instr, CPU, state=plain.state)
+    for name in ("control", "feddyn_grad"):
+        assert set(plain.state[name]) == set(compiled.state[name]) == {"1.weight", "1.bias"}
+    assert set(compiled.extras["control_delta"]) == {"1.weight", "1.bias"}

@@ -37,6 +37,8 @@ CASES = {
     "fedyogi": {"client_selection": "power_of_choice", "poc_samples": 32},
     "fedadagrad": {"client_optimizer": "sgd"},
     "scaffold": {"norm": "fedbn"},
+    "feddyn": {"client_optimizer": "sgd", "momentum": 0.9, "lr": 0.01},
+    "fedexp": {"client_weighting": "uniform", "lr_schedule": "cosine"},
     "median": {"client_weighting": "uniform", "clients_per_round": 3},
     "trimmed_mean": {"clients_per_round": 3, "trim_ratio": 0.34},
     "krum": {},
@@ -44,8 +46,11 @@ CASES = {
     "bulyan": {"clients_per_round": 3, "clip_norm": 5.0},
     "geometric_median": {"geomed_iters": 3},
 }
-STATE_PREFIXES = {"fedavgm": ["velocity."], "fedadam": ["m.", "v."], "scaffold": ["c."]}
-CLIENT_STATE = {"scaffold": {"control", "local"}}  # what the clients keep (in the simulator's store)
+STATE_PREFIXES = {"fedavgm": ["velocity."], "fedadam": ["m.", "v."], "scaffold": ["c."], "feddyn": ["h."]}
+CLIENT_STATE = {
+    "scaffold": {"control", "local"},
+    "feddyn": {"feddyn_grad"},
+}  # what the clients keep (in the simulator's store)
 
 
 def _tiny(**over):

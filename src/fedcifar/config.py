@@ -43,6 +43,8 @@ StrategyName = Literal[
     "fedyogi",
     "fedadagrad",
     "scaffold",
+    "feddyn",
+    "fedexp",
     "median",
     "trimmed_mean",
     "krum",
@@ -84,6 +86,9 @@ class Config:
     # FedMLB's 0.998 per round, Kim et al. 2022), or lr * (1 + cos(pi (r-1) / rounds)) / 2 (cosine).
     lr_schedule: LrSchedule = "constant"
     lr_decay: float = 0.998  # exponential only
+    # Label-skew terms of the local objective, with any strategy (client/losses.py); 0 = off:
+    fedlc_tau: float = 0.0  # FedLC logit calibration, logit_y - tau * n_y^(-1/4) (Zhang et al. 2022)
+    feddecorr_beta: float = 0.0  # FedDecorr, + beta * ||corr(features)||_F^2 / d^2 (Shi et al. 2023)
     # model: resnet18 is the paper's; resnet20 (He et al. 2016) runs the paper's federation on a CPU.
     # norm "fedbn": BatchNorm layers stay local to each client, see strategy/fedbn.py
     model: Model = "resnet18"
@@ -101,6 +106,9 @@ class Config:
     beta1: float = 0.9  # fedadam, fedyogi, fedadagrad (Reddi et al. 2021)
     beta2: float = 0.99  # fedadam, fedyogi (Reddi et al. 2021, section 5)
     tau: float = 0.0  # fedadam, fedyogi, fedadagrad: adaptivity
+    # feddyn: alpha of the dynamic regulariser, the official code's CIFAR-100 value (Acar et al. 2021)
+    feddyn_alpha: float = 0.01
+    fedexp_epsilon: float = 1e-3  # fedexp: epsilon in its step size (Jhunjhunwala et al. 2023)
     trim_ratio: float = 0.1  # trimmed_mean: fraction cut at each end, per coordinate
     krum_byzantine: int = 0  # krum, multikrum, bulyan: assumed number f of Byzantine clients
     krum_select: int = 0  # multikrum: clients averaged; 0 = clients_per_round - f
@@ -277,6 +285,12 @@ def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], No
     need(0 <= cfg.server_momentum < 1, f"server_momentum must be in [0, 1), got {cfg.server_momentum}")
     need(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
     need(cfg.tau >= 0, f"tau must be >= 0 (0 = the strategy's default), got {cfg.tau}")
+    need(cfg.feddyn_alpha > 0, f"feddyn_alpha must be > 0, got {cfg.feddyn_alpha}")
+    need(cfg.fedexp_epsilon > 0, f"fedexp_epsilon must be > 0, got {cfg.fedexp_epsilon}")
+    need(
+        cfg.strategy != "feddyn" or cfg.client_weighting != "feddisco",
+        "feddyn averages its clients unweighted (its server state h assumes it): client_weighting=feddisco does not apply",
+    )
     need(0 <= cfg.trim_ratio < 0.5, f"trim_ratio must be in [0, 0.5), got {cfg.trim_ratio}")
     need(f >= 0, "krum_byzantine must be >= 0")
     need(
@@ -346,6 +360,8 @@ def validate(cfg: Config) -> None:
         f"momentum={cfg.momentum} is for client_optimizer=sgd (Adam has its own beta1)",
     )
     need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(cfg.fedlc_tau >= 0, f"fedlc_tau must be >= 0 (0 = off), got {cfg.fedlc_tau}")
+    need(cfg.feddecorr_beta >= 0, f"feddecorr_beta must be >= 0 (0 = off), got {cfg.feddecorr_beta}")
     need(0 < cfg.lr_decay <= 1, f"lr_decay must be in (0, 1], got {cfg.lr_decay}")
     need(cfg.eval_every >= 1, "eval_every must be >= 1")
     need(cfg.eval_limit >= 0, "eval_limit must be >= 0")

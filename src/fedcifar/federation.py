@@ -105,6 +105,8 @@ def client_instructions(cfg: Config, server_round: int, client_id: int, extra: d
         optimizer=cfg.client_optimizer,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        fedlc_tau=cfg.fedlc_tau,
+        feddecorr_beta=cfg.feddecorr_beta,
         fault=injected_fault(cfg, server_round, client_id),
         attack=cfg.attack if malicious else "none",
         attack_scale=cfg.attack_scale,

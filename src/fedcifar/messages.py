@@ -16,10 +16,10 @@ Weights = dict[str, torch.Tensor]
 
 ClientState = dict[str, Weights]
 """What a client keeps between the rounds it trains, by name: SCAFFOLD's ``"control"`` (c_i),
-FedBN's ``"local"`` (its BatchNorm layers). It lives with the client (the simulator's store, a
+FedDyn's ``"feddyn_grad"`` (g_k), FedBN's ``"local"`` (its BatchNorm layers). It lives with the client (the simulator's store, a
 SuperNode's ``context.state``); the server never holds it."""
 
-CONTROL, LOCAL = "control", "local"  # the ClientState entries of SCAFFOLD and FedBN
+CONTROL, DYN_GRAD, LOCAL = "control", "feddyn_grad", "local"  # the ClientState entries of SCAFFOLD, FedDyn, FedBN
 CONTROL_DELTA = "control_delta"  # the ClientResult.extras entry of SCAFFOLD: Δc_i = c_i+ - c_i
 
 
@@ -39,6 +39,9 @@ class ClientInstructions:
     # Extras for other algorithms (client/hooks.py); the defaults leave plain FedAvg training.
     proximal_mu: float = 0.0  # FedProx
     control_server: Weights | None = None  # SCAFFOLD's c; None: SCAFFOLD is off (c_i is the client's own)
+    feddyn_alpha: float = 0.0  # FedDyn's α; 0 = off (g_k is the client's own)
+    fedlc_tau: float = 0.0  # FedLC's logit calibration (client/losses.py); 0 = off
+    feddecorr_beta: float = 0.0  # FedDecorr's decorrelation weight (client/losses.py); 0 = off
     local_bn: bool = False  # FedBN: the client trains and keeps its own BatchNorm layers
     # Robustness studies (client/adversary.py): an injected fault, or this client's attack.
     fault: str = ""  # "", "raise", "nan" or "hang"

@@ -20,9 +20,10 @@ from torch import nn
 
 from fedcifar.client.adversary import MODEL_ATTACKS, fail_after, fail_before, flip_labels, poison
 from fedcifar.client.hooks import LocalHooks, next_state, overlay_weights
+from fedcifar.client.losses import FeatureTap, Objective
 from fedcifar.data.augment import Normalize, random_crop_flip
 from fedcifar.federation import NUM_CLASSES
-from fedcifar.messages import CONTROL, LOCAL, ClientInstructions, ClientResult, ClientState, Weights
+from fedcifar.messages import CONTROL, DYN_GRAD, LOCAL, ClientInstructions, ClientResult, ClientState, Weights
 from fedcifar.runtime import Runtime
 
 
@@ -101,15 +102,18 @@ def fit(
     hooks: LocalHooks | None = None,
     lr: float = 0.0,
     last_epoch_only: bool = True,
+    objective: Objective | None = None,
 ) -> FitStats:
     """Minibatch training of ``model`` on device-resident uint8 ``images``: the one training step.
 
     The local update and the centralized reference both train through here, so they differ
-    only in their data, their schedule and where the optimizer comes from.
+    only in their data, their schedule, their objective (plain cross-entropy by default) and
+    where the optimizer comes from.
     """
     device = runtime.device
     normalize = Normalize(device)
-    loss_fn = nn.CrossEntropyLoss()
+    objective = objective or Objective()
+    tap = FeatureTap(unwrap(model)) if objective.needs_features else None
     model.train()
     last_epoch = -1
     loss_sum = torch.zeros((), device=device)
@@ -126,7 +130,7 @@ def fit(
         y = labels[idx]
         with runtime.autocast():
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = objective(logits, y, tap.features if tap is not None else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if hooks is not None:
@@ -139,6 +143,8 @@ def fit(
         seen += len(y)
         trained += len(y)
         steps += 1
+    if tap is not None:
+        tap.close()
     return FitStats(float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1), steps, trained)
 
 
@@ -176,8 +182,20 @@ def train_client(
     optimizer = make_optimizer(
         model, instructions.optimizer, instructions.lr, instructions.momentum, instructions.weight_decay, runtime
     )
-    hooks = LocalHooks(model, instructions.proximal_mu, instructions.control_server, state.get(CONTROL))
+    hooks = LocalHooks(
+        unwrap(model),
+        instructions.proximal_mu,
+        instructions.control_server,
+        state.get(CONTROL),
+        instructions.feddyn_alpha,
+        state.get(DYN_GRAD),
+    )
     n = len(labels)
+    objective = Objective(
+        instructions.fedlc_tau,
+        torch.bincount(labels, minlength=unwrap(model).fc.out_features) if instructions.fedlc_tau > 0 else None,
+        instructions.feddecorr_beta,
+    )
     batches = minibatches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator)
     stats = fit(
         model,
@@ -191,6 +209,7 @@ def train_client(
         hooks=hooks,
         lr=instructions.lr,
         last_epoch_only=not instructions.steps,
+        objective=objective,
     )
     t_read = time.perf_counter()
     weights = read_weights(model)

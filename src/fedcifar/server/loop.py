@@ -150,6 +150,8 @@ def fit_round(
         new_weights = global_weights
     seconds = time.perf_counter() - t0
     row = train_row(server_round, arrivals.kept, fit.failures, seconds, skipped)
+    if not skipped:
+        row.update(fit.metrics)
     row["malicious"] = " ".join(str(c) for c in clients if c in malicious_clients(server.cfg))
     broadcast = sum(r.metrics.get("setup_seconds", 0.0) for r in arrivals.kept) / max(server.backend.workers, 1)
     row["overhead_seconds"] = seconds - arrivals.waited + broadcast

@@ -7,7 +7,8 @@ about its clients, then, each round:
    :class:`~fedcifar.messages.ClientInstructions` keyword arguments;
 2. ``aggregate_fit(fit_round, results)``: fold the results that arrive (an iterator, in a
    fixed order) into new global weights. ``fit_round`` carries the round's global weights,
-   each client's aggregation factor and the round's failures.
+   each client's aggregation factor and the round's failures; what the strategy puts in its
+   ``metrics`` (FedExP's step size) becomes columns of the round's row in ``metrics.csv``.
 
 The loop, not the strategy, keeps the metrics of each result, counts failures and skips a
 round with too few results: it then restores the strategy from the ``state_dict`` it took
@@ -39,6 +40,7 @@ class FitRound:
     global_weights: Mapping[str, torch.Tensor]
     factors: Mapping[int, float] | None = None  # aggregation factor per client; None: num_examples
     failures: list[ClientFailure] = field(default_factory=list)  # complete once the results are consumed
+    metrics: dict[str, float] = field(default_factory=dict)  # the strategy's own numbers, into the round's row
 
     def factor(self, result: ClientResult) -> float:
         """How much ``result`` counts in the round's weighted mean (before normalisation)."""

@@ -8,6 +8,8 @@ from fedcifar.strategy import selection
 from fedcifar.strategy.base import Strategy
 from fedcifar.strategy.fedavg import FedAvg
 from fedcifar.strategy.fedbn import FedBN
+from fedcifar.strategy.feddyn import FedDyn
+from fedcifar.strategy.fedexp import FedExP
 from fedcifar.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedcifar.strategy.fedprox import FedProx
 from fedcifar.strategy.robust import Bulyan, GeometricMedian, Krum, Median, TrimmedMean
@@ -31,6 +33,8 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedyogi": _adaptive(FedYogi),
     "fedadagrad": _adaptive(FedAdagrad),
     "scaffold": lambda cfg: Scaffold(cfg.num_clients, cfg.server_lr, _weighting(cfg)),
+    "feddyn": lambda cfg: FedDyn(cfg.num_clients, cfg.feddyn_alpha),
+    "fedexp": lambda cfg: FedExP(cfg.fedexp_epsilon, _weighting(cfg)),
     "median": lambda cfg: Median(_weighting(cfg)),
     "trimmed_mean": lambda cfg: TrimmedMean(cfg.trim_ratio, _weighting(cfg)),
     "krum": lambda cfg: Krum(cfg.krum_byzantine, 1, _weighting(cfg)),
