@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from fedcifar.client.adversary import poison
 from fedcifar.messages import ClientResult
 from fedcifar.server.checks import clip_update, update_norm
 from fedcifar.strategy.base import FitRound
-from fedcifar.strategy.robust import Bulyan, GeometricMedian, Krum
+from fedcifar.strategy.robust import (
+    Bulyan,
+    GeometricMedian,
+    Krum,
+    Median,
+    TrimmedMean,
+    krum_select,
+    pairwise_sq_distances,
+)
 
 TRAINED = ("conv.weight",)
 EVERY_FLOAT = ("conv.weight", "bn.running_mean")
@@ -78,6 +87,11 @@ def np_bulyan(measured: np.ndarray, x: np.ndarray, f: int) -> np.ndarray:
     return out
 
 
+def np_median_statistics(states) -> np.ndarray:
+    """Every robust rule's statistics: the coordinate-wise median over all the round's clients."""
+    return np.median(np.stack([s["bn.running_mean"].double().numpy() for s in states]), axis=0)
+
+
 def np_weiszfeld(x: np.ndarray, alpha: np.ndarray, iters: int, nu: float = 1e-6) -> np.ndarray:
     """The weights (summing to 1) of the points in their geometric median."""
     alpha = alpha / alpha.sum()
@@ -99,6 +113,7 @@ def test_bulyan_matches_the_numpy_reference_and_discards_outliers(k, f, outliers
     states = _clients(k, seed=k, outliers=outliers)
     got = _aggregate(Bulyan(f), states, [10] * k)
     want = _unflat(np_bulyan(_stacked(states, TRAINED), _stacked(states), f))
+    want["bn.running_mean"] = np_median_statistics(states)
     for key, ref in want.items():
         np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-5, atol=1e-5)
         assert np.abs(got[key].numpy()).max() < 10  # the shifted clients (mean 50) had no say
@@ -120,6 +135,7 @@ def test_geometric_median_matches_the_numpy_weiszfeld_reference(outliers):
     got = _aggregate(GeometricMedian(iters=50), states, sizes)
     beta = np_weiszfeld(_stacked(states, TRAINED), np.array(sizes, float), iters=50)
     want = _unflat(beta @ _stacked(states))
+    want["bn.running_mean"] = np_median_statistics(states)
     for key, ref in want.items():
         np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-4, atol=1e-4)
     if outliers:  # a third of the clients 50 away move the median by far less than the mean
@@ -147,7 +163,7 @@ def test_clip_update_bounds_the_update_norm_like_numpy(max_norm):
     want = _flat(g, TRAINED) + delta * min(1.0, max_norm / np.linalg.norm(delta))
     np.testing.assert_allclose(_flat(clipped, TRAINED), want, rtol=1e-5, atol=1e-6)
     assert update_norm(g, clipped) == pytest.approx(min(max_norm, norm), rel=1e-5)
-    assert torch.equal(clipped["bn.running_mean"], w["bn.running_mean"])  # statistics pass as sent
+    assert torch.equal(clipped["bn.running_mean"], w["bn.running_mean"])  # statistics: the loop takes their median
     assert int(clipped["n"]) == 3
 
 
@@ -178,3 +194,63 @@ def test_batchnorm_statistics_do_not_hide_an_attacker(strategy):
         )
     got = _aggregate(strategy, states, [10] * 9)
     assert got["conv.weight"].abs().max() < 5
+
+
+def _honest_and_bn_poisoner(k: int = 7, seed: int = 11):
+    """k - 1 honest clients, and one whose parameters are their exact mean (the most central of
+    all, so Krum picks it) and whose statistics are poisoned by ``attack=bn_stats``."""
+    rng = np.random.default_rng(seed)
+    honest = [
+        {
+            "conv.weight": torch.tensor(rng.normal(0.0, 1.0, (3, 2)), dtype=torch.float32),
+            "bn.running_mean": torch.tensor(rng.normal(0.0, 1.0, 4), dtype=torch.float32),
+            "bn.running_var": torch.tensor(rng.uniform(0.5, 2.0, 4), dtype=torch.float32),
+            "bn.num_batches_tracked": torch.tensor(5),
+        }
+        for _ in range(k - 1)
+    ]
+    central = {key: torch.stack([h[key] for h in honest]).float().mean(0) for key in ("conv.weight",)}
+    bad = poison(honest[0], {**honest[0], **central}, "bn_stats", 0.0, torch.Generator())
+    return [bad, *honest]
+
+
+def test_the_bn_stats_attack_changes_only_the_statistics():
+    bad, honest = _honest_and_bn_poisoner()[:2]
+    assert torch.equal(
+        bad["conv.weight"], torch.stack([s["conv.weight"] for s in _honest_and_bn_poisoner()[1:]]).mean(0)
+    )
+    torch.testing.assert_close(bad["bn.running_var"], honest["bn.running_var"] * 1e4)
+    torch.testing.assert_close(bad["bn.running_mean"], honest["bn.running_mean"] + 1e4)
+    assert torch.equal(bad["bn.num_batches_tracked"], honest["bn.num_batches_tracked"])
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [Krum(), Krum(keep=4), Bulyan(), GeometricMedian(iters=20), Median(), TrimmedMean(0.2)],
+    ids=["krum", "multikrum", "bulyan", "geometric_median", "median", "trimmed_mean"],
+)
+def test_poisoned_statistics_behind_honest_parameters_do_not_reach_the_model(strategy):
+    states = _honest_and_bn_poisoner()
+    got = _aggregate(strategy, states, [10] * len(states))
+    honest_var = torch.stack([s["bn.running_var"] for s in states[1:]])
+    honest_mean = torch.stack([s["bn.running_mean"] for s in states[1:]])
+    assert (got["bn.running_var"] <= honest_var.max(0).values).all()
+    assert (got["bn.running_mean"] <= honest_mean.max(0).values).all()
+    everyone = torch.stack([s["bn.running_var"] for s in states])  # 7 clients: the median is the middle one
+    torch.testing.assert_close(got["bn.running_var"], everyone.median(0).values)
+
+
+def test_multikrum_averages_the_selected_clients_unweighted_as_blanchard_et_al():
+    states = _clients(6, seed=3)
+    chosen = krum_select(pairwise_sq_distances(states), 1, 3)
+    sizes = [1000 if i == chosen[0] else 1 for i in range(6)]  # a selected client claims a huge size
+    got = _aggregate(Krum(byzantine=1, keep=3), states, sizes)
+    want = np.mean([states[i]["conv.weight"].numpy() for i in chosen], axis=0)
+    np.testing.assert_allclose(got["conv.weight"].numpy(), want, rtol=1e-6)
+
+
+def test_bulyan_records_the_f_it_used():
+    states = _clients(7, seed=1, outliers=1)
+    fit = FitRound(1, states[0])
+    Bulyan(byzantine=3).aggregate_fit(fit, iter(ClientResult(i, s, 1) for i, s in enumerate(states)))
+    assert fit.metrics == {"bulyan_f": 1.0}  # 7 results: 4f + 3 <= 7 allows f = 1, not 3

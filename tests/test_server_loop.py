@@ -138,3 +138,44 @@ def test_resuming_after_round_one_reproduces_the_uninterrupted_run(tmp_path):
     frame = run_rounds(fed, run, resumed.weights, resumed.round, progress=False)
     assert frame["round"].tolist() == [1, 2, 3]
     assert torch.equal(load_checkpoint(tmp_path / "cut").weights["w"], load_checkpoint(tmp_path / "whole").weights["w"])
+
+
+class StatisticsPoisoner:
+    """Client k sends global + k for its parameter and its running_var; client 0 sends honest
+    parameters with its running_var times 1e4 (``attack=bn_stats``)."""
+
+    workers = 1
+
+    def __init__(self) -> None:
+        self.clients: list[int] = []
+
+    def fit(self, server_round, global_weights, tasks):
+        self.clients = sorted(t.client_id for t in tasks)
+        for task in tasks:
+            cid = task.client_id
+            w = {k: v + cid for k, v in global_weights.items()}
+            if cid == min(t.client_id for t in tasks):
+                w["bn.running_var"] = w["bn.running_var"] * 1e4
+            yield ClientResult(cid, w, int(SIZES[cid]), {"train_loss": 1.0, "train_acc": 0.5, "images": 1.0})
+
+    def evaluate(self, weights):
+        return EvalCounts(2.0, 1, 2, 4, (1, 0), (2, 2))
+
+    def client_losses(self, server_round, weights, client_ids):
+        return [0.0 for _ in client_ids]
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 100.0])
+def test_under_clip_norm_the_statistics_take_the_clients_median_whatever_the_strategy(tmp_path, clip_norm):
+    backend = StatisticsPoisoner()
+    fed, run = _federation(tmp_path, backend, rounds=1, clip_norm=clip_norm)
+    start = {"w": torch.zeros(2), "bn.running_var": torch.ones(2)}
+    run_rounds(fed, run, start, progress=False)
+    var = load_checkpoint(tmp_path).weights["bn.running_var"]
+    ids = backend.clients
+    honest = [1.0 + c for c in ids[1:]]
+    if clip_norm:  # the median of the four clients' values: the poisoner's is the largest
+        values = sorted([(1.0 + ids[0]) * 1e4, *honest])
+        torch.testing.assert_close(var, torch.full((2,), (values[1] + values[2]) / 2))
+    else:  # FedAvg's size-weighted mean, as the paper's: one poisoner dominates it
+        assert float(var.min()) > 10 * max(honest)

@@ -54,7 +54,7 @@ StrategyName = Literal[
 ]
 ClientSelection = Literal["uniform", "size_weighted", "power_of_choice"]
 FaultKind = Literal["raise", "nan", "hang"]
-Attack = Literal["none", "sign_flip", "scale", "gaussian", "label_flip"]
+Attack = Literal["none", "sign_flip", "scale", "gaussian", "label_flip", "bn_stats"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Config:
     fault_kind: FaultKind = "raise"  # raise an exception, return NaN weights, or hang (needs round_timeout)
     attack: Attack = "none"  # what the malicious clients do, in their client update
     attack_fraction: float = 0.0  # fraction of the population that is malicious (a fixed set drawn from seed)
-    attack_scale: float = 0.0  # strength; 0 = the attack's default (sign_flip 4, scale 10, gaussian 10)
+    attack_scale: float = 0.0  # strength; 0 = the attack's default (sign_flip 4, scale 10, gaussian 10, bn_stats 1e4)
     # evaluation
     eval_every: int = 1
     eval_limit: int = 0  # > 0 evaluates on the first N test images only (smoke/tests)

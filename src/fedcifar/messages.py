@@ -45,7 +45,7 @@ class ClientInstructions:
     local_bn: bool = False  # FedBN: the client trains and keeps its own BatchNorm layers
     # Robustness studies (client/adversary.py): an injected fault, or this client's attack.
     fault: str = ""  # "", "raise", "nan" or "hang"
-    attack: str = "none"  # "none", "sign_flip", "scale", "gaussian" or "label_flip"
+    attack: str = "none"  # "none", "sign_flip", "scale", "gaussian", "label_flip" or "bn_stats"
     attack_scale: float = 0.0  # 0 = the attack's default strength
 
 

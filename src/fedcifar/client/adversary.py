@@ -4,13 +4,18 @@ Both are switched on per client by the server's instructions (``fault``, ``attac
 :func:`fedcifar.federation.client_instructions`), and both act inside the client update, so
 they behave the same on every backend.
 
-Attacks (on the trained parameters; BatchNorm statistics and counters stay honest):
+Attacks (on the trained parameters, where BatchNorm statistics and counters stay honest, except
+for ``bn_stats``):
 
 - ``sign_flip``: send w₀ - s·Δ instead of w₀ + Δ (Δ = the honest update; default s = 4);
 - ``scale``: send w₀ + s·Δ, a boosted update (default s = 10);
 - ``gaussian``: send w₀ + ε, with ε ~ N(0, (s·rms Δ)²) per tensor: noise s times as large as
   an honest update, in no useful direction (default s = 10);
-- ``label_flip``: train honestly on labels y -> C - 1 - y (data poisoning).
+- ``label_flip``: train honestly on labels y -> C - 1 - y (data poisoning);
+- ``bn_stats``: honest parameters, poisoned BatchNorm statistics: every running_var times s and
+  every running_mean plus s (default s = 1e4; finite, so no check refuses them). No distance or
+  norm over the parameters sees it; a mean of the statistics would wreck every eval-mode
+  prediction.
 
 Faults: ``raise`` raises :class:`InjectedFault`; ``nan`` returns NaN weights (the server must
 reject them); ``hang`` blocks until the backend gives up on the client (its ``cancel`` event),
@@ -27,8 +32,8 @@ import torch
 from fedcifar.messages import Weights
 from fedcifar.model.spec import is_trained
 
-DEFAULT_SCALE = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 10.0, "label_flip": 0.0}
-MODEL_ATTACKS = ("sign_flip", "scale", "gaussian")
+DEFAULT_SCALE = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 10.0, "label_flip": 0.0, "bn_stats": 1e4}
+MODEL_ATTACKS = ("sign_flip", "scale", "gaussian", "bn_stats")
 HANG_LIMIT = 3600.0
 
 
@@ -57,6 +62,8 @@ def poison(
     if attack not in MODEL_ATTACKS:
         raise ValueError(f"unknown model attack {attack!r}")
     s = attack_strength(attack, scale)
+    if attack == "bn_stats":
+        return {k: poison_statistic(k, w, s) for k, w in weights.items()}
     out: Weights = {}
     for key, w in weights.items():
         if not is_trained(key, w):
@@ -74,6 +81,15 @@ def poison(
             delta = s * rms * noise
         out[key] = (w0 + delta).to(w.dtype)
     return out
+
+
+def poison_statistic(key: str, w: torch.Tensor, s: float) -> torch.Tensor:
+    """``bn_stats`` on one entry: running_var * s, running_mean + s, anything else as it is."""
+    if key.endswith("running_var"):
+        return w * s
+    if key.endswith("running_mean"):
+        return w + s
+    return w
 
 
 def fail_before(fault: str, cancel: threading.Event | None) -> None:

@@ -7,7 +7,9 @@ skipped and the global model stays. ``clip_norm`` (Sun et al. 2019, "Can you rea
 backdoor federated learning?") bounds each accepted update's L2 norm, over the trained
 parameters, before any aggregation rule sees it. BatchNorm statistics are not an update:
 they are neither measured nor scaled (they would dominate the norm, 11-48 against 3-4 for the
-parameters on paper-cpu, and make the bound meaningless).
+parameters on paper-cpu, and make the bound meaningless). Under ``clip_norm`` the round loop
+instead takes them as the coordinate-wise median of the round's clients, whatever the
+strategy, so statistics that no norm bounds cannot be poisoned either.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.server.backend import Backend, FitTask, HoldsClientState, Validates
 from fedcifar.server.checks import clip_update, non_finite, result_problem, update_norm
 from fedcifar.server.rows import summary_line, test_row, train_row, val_row
+from fedcifar.strategy.aggregate import median_statistics, statistics_of
 from fedcifar.strategy.base import FitRound, Strategy
 from fedcifar.strategy.population import Population
 from fedcifar.strategy.registry import SELECTORS, build_strategy
@@ -92,10 +93,13 @@ class _Arrivals:
         total: int,
         on_progress: Callable[[int, int, int, int], None],
         screen: Callable[[ClientResult], ClientResult | ClientFailure],
+        keep_statistics: bool = False,
     ):
+        self.keep_statistics = keep_statistics
         self.fit_round = fit_round
         self.screen = screen
         self.total = total
+        self.statistics: list[Weights] = []  # each kept result's running statistics, with keep_statistics
         self.kept: list[ClientResult] = []
         self.on_progress = on_progress
         self.images = 0
@@ -117,6 +121,8 @@ class _Arrivals:
                 self.fit_round.failures.append(item)
             else:
                 self.kept.append(item.without_weights())
+                if self.keep_statistics:
+                    self.statistics.append(statistics_of(item.weights))
                 self.images += int(item.metrics.get("images", 0))
             self.on_progress(len(self.kept), len(self.fit_round.failures), self.total, self.images)
             if isinstance(item, ClientResult):
@@ -134,9 +140,13 @@ def fit_round(
     tasks = [FitTask(c, client_instructions(server.cfg, server_round, c, extra.get(c, {}))) for c in clients]
     factors = strategy.weighting.for_round(clients, server.population)
     fit = FitRound(server_round, global_weights, factors)
-    arrivals = _Arrivals(fit, len(tasks), on_progress, partial(screen_result, server.cfg, global_weights))
+    # Under clip_norm the statistics, which no norm bounds, take the clients' median (a few KB each).
+    screen = partial(screen_result, server.cfg, global_weights)
+    arrivals = _Arrivals(fit, len(tasks), on_progress, screen, keep_statistics=server.cfg.clip_norm > 0)
     try:
         new_weights = strategy.aggregate_fit(fit, arrivals(server.backend.fit(server_round, global_weights, tasks)))
+        if arrivals.statistics:
+            new_weights = {**new_weights, **median_statistics(arrivals.statistics, global_weights)}
     except ValueError:  # the strategy found nothing to aggregate: a skipped round, if too few arrived
         if not arrivals.exhausted or len(arrivals.kept) >= server.min_fit_clients:
             raise

@@ -8,7 +8,7 @@ aggregate keeps the largest client value, in the original integer dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -61,6 +61,32 @@ class WeightedMean:
             else:
                 out[k] = self._ints[k].clone()
         return out
+
+
+def coordinate_median(stack: torch.Tensor) -> torch.Tensor:
+    """Median over dim 0 of a (K, ...) stack; even K averages the two middle values."""
+    ordered = stack.sort(dim=0).values
+    k = stack.shape[0]
+    if k % 2:
+        return ordered[k // 2]
+    return (ordered[k // 2 - 1] + ordered[k // 2]) / 2
+
+
+def statistics_of(weights: Mapping[str, torch.Tensor]) -> Weights:
+    """The BatchNorm running statistics of a state dict (a few KB: cheap to keep for every client)."""
+    return {k: v.detach().clone() for k, v in weights.items() if is_statistic(k) and is_float(v)}
+
+
+def median_statistics(stats: Sequence[Mapping[str, torch.Tensor]], like: Mapping[str, torch.Tensor]) -> Weights:
+    """The coordinate-wise median of the clients' running statistics, in ``like``'s dtypes.
+
+    How every robust rule, and ``clip_norm``, aggregates statistics: they are not measured by
+    any distance or norm, so a client with honest parameters and a huge ``running_var`` would
+    otherwise pass into the model unchecked. The median ignores fewer than half such clients.
+    """
+    if not stats:
+        raise ValueError("no client results to aggregate")
+    return {k: coordinate_median(torch.stack([s[k].float() for s in stats])).to(like[k].dtype) for k in stats[0]}
 
 
 def weighted_mean(states: Iterable[Mapping[str, torch.Tensor]], factors: Iterable[float]) -> Weights:

@@ -7,7 +7,9 @@ and the geometric median.
   values and average the rest.
 - krum / multikrum (Blanchard et al. 2017): score each client by the summed squared
   distance to its K - f - 2 nearest others (at least 1, as Flower does), keep the m clients
-  with the lowest scores (m = 1 for Krum) and take their weighted mean.
+  with the lowest scores (m = 1 for Krum) and take their plain mean (the paper's Multi-Krum
+  averages the selected updates unweighted: a weight that a client reports itself would let
+  it dominate the mean of the selected).
 - bulyan (El Mhamdi et al. 2018): pick θ = K - 2f clients by Krum, one at a time, each time
   among those not yet picked; then, per coordinate, average the β = θ - 2f picked values
   closest to their median. It needs K >= 4f + 3; a round with fewer results assumes the
@@ -15,13 +17,15 @@ and the geometric median.
 - geometric_median (RFA, Pillutla et al. 2022): the point z minimising Σ α_i ||z - w_i|| over
   the clients' trained parameters taken as one vector, by the smoothed Weiszfeld algorithm:
   z <- Σ β_i w_i / Σ β_i with β_i = α_i / max(ν, ||z - w_i||), from the weighted mean, until
-  the objective changes by less than a relative 1e-6 or ``iters`` steps are done. BatchNorm
-  statistics take the same final weights β.
+  the objective changes by less than a relative 1e-6 or ``iters`` steps are done.
 
 Distances (Krum, Bulyan, the geometric median) are measured over the trained parameters only:
 BatchNorm statistics of non-IID clients differ several times more than their parameter
-updates, and over every float entry would make an attacker look like anyone else. Median,
-trimmed mean and Bulyan ignore the aggregation factors (they are unweighted order statistics).
+updates, and over every float entry would make an attacker look like anyone else. Every rule
+then takes the statistics as the coordinate-wise median over all the round's clients
+(:func:`~fedcifar.strategy.aggregate.median_statistics`), so a client that sends honest
+parameters with poisoned statistics (``attack=bn_stats``) can be chosen without harm.
+Median, trimmed mean, Krum's mean and Bulyan ignore the aggregation factors.
 Integer counters take the max, as everywhere. Unlike FedAvg these rules need every client
 of the round at once, so they hold the round's K state dicts in memory.
 """
@@ -35,20 +39,11 @@ import torch
 
 from fedcifar.messages import ClientResult, Weights
 from fedcifar.model.spec import is_trained
-from fedcifar.strategy.aggregate import is_float, weighted_mean
+from fedcifar.strategy.aggregate import coordinate_median, is_float, median_statistics, statistics_of, weighted_mean
 from fedcifar.strategy.base import FitRound, Strategy
 from fedcifar.strategy.weighting import Weighting
 
 Tensor = torch.Tensor
-
-
-def coordinate_median(stack: Tensor) -> Tensor:
-    """Median over dim 0 of a (K, ...) stack; even K averages the two middle values."""
-    ordered = stack.sort(dim=0).values
-    k = stack.shape[0]
-    if k % 2:
-        return ordered[k // 2]
-    return (ordered[k // 2 - 1] + ordered[k // 2]) / 2
 
 
 def trimmed_mean(stack: Tensor, ratio: float) -> Tensor:
@@ -101,7 +96,8 @@ def coordinatewise(
 class RobustAggregate(Strategy):
     """Collect the round's client state dicts, then combine them with a robust rule."""
 
-    def combine(self, global_weights: Mapping[str, Tensor], states: list[Weights], factors: list[float]) -> Weights:
+    def combine(self, fit_round: FitRound, states: list[Weights], factors: list[float]) -> Weights:
+        """Every entry of the aggregate; the statistics are then replaced by the clients' median."""
         raise NotImplementedError
 
     def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
@@ -111,12 +107,13 @@ class RobustAggregate(Strategy):
             factors.append(fit_round.factor(res))
         if not states:
             raise ValueError("no client results to aggregate")
-        return self.combine(fit_round.global_weights, states, factors)
+        out = self.combine(fit_round, states, factors)
+        return {**out, **median_statistics([statistics_of(s) for s in states], fit_round.global_weights)}
 
 
 class Median(RobustAggregate):
-    def combine(self, global_weights, states, factors):
-        return coordinatewise(states, global_weights, coordinate_median)
+    def combine(self, fit_round, states, factors):
+        return coordinatewise(states, fit_round.global_weights, coordinate_median)
 
 
 class TrimmedMean(RobustAggregate):
@@ -124,8 +121,8 @@ class TrimmedMean(RobustAggregate):
         super().__init__(weighting)
         self.trim_ratio = trim_ratio
 
-    def combine(self, global_weights, states, factors):
-        return coordinatewise(states, global_weights, lambda s: trimmed_mean(s, self.trim_ratio))
+    def combine(self, fit_round, states, factors):
+        return coordinatewise(states, fit_round.global_weights, lambda s: trimmed_mean(s, self.trim_ratio))
 
 
 class Krum(RobustAggregate):
@@ -135,9 +132,9 @@ class Krum(RobustAggregate):
         super().__init__(weighting)
         self.byzantine, self.keep = byzantine, keep
 
-    def combine(self, global_weights, states, factors):
+    def combine(self, fit_round, states, factors):
         chosen = krum_select(pairwise_sq_distances(states), self.byzantine, min(self.keep, len(states)))
-        return weighted_mean([states[i] for i in chosen], [factors[i] for i in chosen])
+        return weighted_mean([states[i] for i in chosen], [1.0] * len(chosen))
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         return {}, {"byzantine": self.byzantine, "keep": self.keep}
@@ -197,11 +194,14 @@ class Bulyan(RobustAggregate):
         super().__init__(weighting)
         self.byzantine = byzantine
 
-    def combine(self, global_weights, states, factors):
+    def combine(self, fit_round, states, factors):
         f = min(self.byzantine, max(len(states) - 3, 0) // 4)
+        fit_round.metrics["bulyan_f"] = float(f)  # lower than krum_byzantine when the round came up short
         chosen = bulyan_select(pairwise_sq_distances(states), f)
         keep = len(chosen) - 2 * f
-        return coordinatewise([states[i] for i in chosen], global_weights, lambda s: closest_to_median_mean(s, keep))
+        return coordinatewise(
+            [states[i] for i in chosen], fit_round.global_weights, lambda s: closest_to_median_mean(s, keep)
+        )
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         return {}, {"byzantine": self.byzantine}
@@ -212,7 +212,8 @@ class GeometricMedian(RobustAggregate):
         super().__init__(weighting)
         self.iters = iters
 
-    def combine(self, global_weights, states, factors):
+    def combine(self, fit_round, states, factors):
+        global_weights = fit_round.global_weights
         floats = [k for k, v in global_weights.items() if is_float(v)]
         stacks = {k: torch.stack([s[k] for s in states]).float() for k in floats}
         trained = {k: x for k, x in stacks.items() if is_trained(k, x)}
