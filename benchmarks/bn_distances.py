@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from fedcifar.atomic import atomic_write_text
 from fedcifar.config import build_config
 from fedcifar.data.cifar100 import load_cifar100
 from fedcifar.federation import malicious_clients, partition_for
@@ -30,7 +31,6 @@ from fedcifar.server.loop import run_federation
 from fedcifar.sim.local import LocalBackend
 from fedcifar.strategy.population import Population
 from fedcifar.strategy.robust import convex_combination, weiszfeld_weights
-from fedcifar.track.io import atomic_write_text
 
 
 class Recording:

@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedcifar import atomic as io
 from fedcifar.cli import main
-from fedcifar.track import io
 from fedcifar.track.checkpoint import CHECKPOINT_FILE, MODEL_FILE
 from fedcifar.track.lock import LOCK_FILE, RunDirInUse, acquire, release, run_dir_lock
 

@@ -127,3 +127,16 @@ def test_the_client_and_strategies_do_not_know_each_other_or_the_simulator():
             assert not [d for d in deps if d.startswith(("fedcifar.strategy", "fedcifar.sim", "fedcifar.server"))], name
         if name.startswith("fedcifar.strategy"):
             assert not [d for d in deps if d.startswith(("fedcifar.client", "fedcifar.sim", "fedcifar.server"))], name
+
+
+GROUND_FLOOR = ("fedcifar.atomic", "fedcifar.errors")  # imported from every layer, so they import no other
+LOWER = ("fedcifar.config", "fedcifar.messages", "fedcifar.data", "fedcifar.model")  # below fedcifar.track
+
+
+def test_the_ground_floor_imports_nothing_and_the_lower_layers_not_track():
+    graph = import_graph()
+    assert {n: graph[n] for n in GROUND_FLOOR if graph[n]} == {}
+    upward = {
+        n: {d for d in deps if d.startswith("fedcifar.track")} for n, deps in graph.items() if n.startswith(LOWER)
+    }
+    assert {n: deps for n, deps in upward.items() if deps} == {}

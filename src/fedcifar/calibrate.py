@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
+from fedcifar.atomic import atomic_write_text
 from fedcifar.client.train import read_weights, train_client
 from fedcifar.config import Config
 from fedcifar.messages import ClientInstructions
 from fedcifar.runtime import Runtime, bf16_supported, images_per_worker
 from fedcifar.runtime import resolve_runtime as static_runtime
-from fedcifar.track.io import atomic_write_text
 
 CACHE_VERSION = 1
 # A run calibrates when each worker trains at least this many images: at 250-500 images/s a

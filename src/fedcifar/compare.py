@@ -25,8 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fedcifar.atomic import atomic_path, atomic_write_text  # noqa: E402
 from fedcifar.config import Config, ConfigError, config_from_dict  # noqa: E402
-from fedcifar.track.io import atomic_path, atomic_write_text  # noqa: E402
 
 TABLE_COLUMNS = {
     "variant": "variant",

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fedcifar.track.io import atomic_write_text
+from fedcifar.atomic import atomic_write_text
 
 
 class ConfigError(ValueError):

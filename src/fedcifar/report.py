@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fedcifar.track.io import atomic_path, atomic_write_text  # noqa: E402
+from fedcifar.atomic import atomic_path, atomic_write_text  # noqa: E402
 from fedcifar.track.metrics import METRICS_FILE, read_metrics  # noqa: E402
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedcifar.atomic import atomic_path, atomic_write_text
 from fedcifar.compare import Variant, plot_comparison, run_variants, variant_config
 from fedcifar.config import Config, ConfigError
-from fedcifar.track.io import atomic_path, atomic_write_text
 
 # 10 % of CIFAR-100's 50,000 training images, 50 a class: the usual size of a held-out split
 # (e.g. the 45k/5k split of CIFAR in He et al. 2016, section 4.2).

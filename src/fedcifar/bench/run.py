@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from fedcifar.atomic import atomic_write_text
 from fedcifar.bench.memory import TreeSampler
 from fedcifar.bench.report import markdown, summarize
 from fedcifar.bench.workload import Workload
 from fedcifar.data.cifar100 import DataError, resolve_data_dir
-from fedcifar.track.io import atomic_write_text
 
 IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower", "flower-deployment")
 PARTS = (*IMPLEMENTATIONS, "tta")  # tta: time to a test accuracy on paper-cpu, fast default vs fp32

@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from fedcifar.atomic import atomic_path
 from fedcifar.data.cifar100 import DataError
-from fedcifar.track.io import atomic_path
 
 SHARD_FORMAT = 1
 META_KEY = "fedcifar-shard"

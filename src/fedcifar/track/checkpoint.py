@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from fedcifar.atomic import atomic_path
 from fedcifar.config import Config, ConfigError, config_from_dict
-from fedcifar.track.io import atomic_path
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 MODEL_FILE = "model_global.safetensors"

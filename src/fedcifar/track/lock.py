@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fedcifar.atomic import remove_stale_temps
 from fedcifar.errors import UserError
-from fedcifar.track.io import remove_stale_temps
 
 LOCK_FILE = ".lock"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedcifar.track.io import atomic_path
+from fedcifar.atomic import atomic_path
 
 METRICS_FILE = "metrics.csv"
 PROGRESS_FILE = "progress.json"  # the round in progress: written by track/rundir.py, read by the dashboard

@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
+from fedcifar.atomic import atomic_path  # noqa: E402
 from fedcifar.data.partition import skew  # noqa: E402
-from fedcifar.track.io import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedcifar.atomic import atomic_path, atomic_write_text
 from fedcifar.config import Config, config_from_dict, save_yaml
 from fedcifar.data.partition import Partition, class_counts
 from fedcifar.messages import Weights
 from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
-from fedcifar.track.io import atomic_path, atomic_write_text
 from fedcifar.track.lock import acquire, release
 from fedcifar.track.metrics import PROGRESS_FILE, MetricsLog
 from fedcifar.track.plots import plot_curves, plot_partition

@@ -1,5 +1,8 @@
 """Crash-safe file writes: a reader sees the old file or the new one, never half of one.
 
+The ground floor: it imports nothing from fedcifar, so every layer (config, data, track, ...)
+can write its files through it.
+
 A file is written to a temporary name beside it (``.NAME.XXXXXXXX.tmp``), made readable as
 ``open()`` would make it (``0o666`` less the umask: group-readable under the usual umasks,
 unlike ``mkstemp``'s 0600, so a server running as another user can read the run), flushed
