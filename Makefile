@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-RUN_DIR ?= runs/paper
+# PRESET=auto: `paper` (ResNet-18) with a CUDA GPU, else `paper-cpu` (ResNet-20), said in one line at
+# start. RUN_DIR empty: runs/<the preset trained>, so the two never share a run directory.
+PRESET ?= auto
+RUN_DIR ?=
 
 .PHONY: run test lint install install-dev clean browser-deps docker-deps docker-image test-docker
 
@@ -21,15 +24,18 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Trains the paper configuration into $(RUN_DIR) (resuming it if it exists) and serves the
-# upload page and live dashboard on http://127.0.0.1:8000 at once; Ctrl-C stops both.
+# Trains $(PRESET) into $(RUN_DIR) (resuming it if it exists) and serves the upload page and
+# live dashboard on http://127.0.0.1:8000 at once; Ctrl-C stops both.
 run: install
-	$(BIN)/fedcifar serve --run $(RUN_DIR) --train-preset paper --host 127.0.0.1 --port 8000
+	$(BIN)/fedcifar serve $(if $(RUN_DIR),--run $(RUN_DIR)) --train-preset $(PRESET) --host 127.0.0.1 --port 8000
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Needs: sudo for apt to install Chromium and ChromeDriver (browser-deps), the network for pip to
+# install Flower and Ray (the flower extra, with dev and tensorboard), and CIFAR-100 in
+# $FEDCIFAR_DATA_DIR (the directory that holds cifar-100-python/).
 test: lint browser-deps
 	$(BIN)/python -m pytest
 

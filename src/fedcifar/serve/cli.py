@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedcifar.serve")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+AUTO_PRESET = "auto"  # --train-preset auto: the paper's run that fits the device (make run's default)
 DEFAULT_MAX_PIXELS = 4096 * 4096  # fedcifar.serve.preprocess.DEFAULT_MAX_PIXELS (not imported: keeps the parser cheap)
 
 
@@ -36,9 +37,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="serve the global model: upload page, JSON API, live training dashboard",
         description="Serve top-5 CIFAR-100 predictions at / and /api/predict, and a live dashboard at /dashboard.",
     )
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument(
-        "--run", metavar="RUN_DIR", help="follow a training run: serve its latest model, reload each new round"
+        "--run",
+        metavar="RUN_DIR",
+        help="follow a training run: serve its latest model, reload each new round "
+        "(default with --train-preset: runs/PRESET)",
     )
     source.add_argument("--model", metavar="FILE", help="serve one exported model_global.safetensors")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -68,10 +72,51 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--train-preset",
         metavar="PRESET",
         help="also run `fedcifar train --preset PRESET --out RUN_DIR --auto-resume` beside the server; "
-        "Ctrl-C, SIGTERM or SIGHUP stop both, and training never outlives the server (needs --run)",
+        "Ctrl-C, SIGTERM or SIGHUP stop both, and training never outlives the server. "
+        "auto: paper with a CUDA GPU, else paper-cpu (ResNet-20)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
+
+
+def resolve_train_preset(name: str) -> tuple[str, str | None]:
+    """The preset ``--train-preset NAME`` trains, and the line to print when ``auto`` chose it.
+
+    ``auto`` is the paper's federation on whatever this machine has: the paper's ResNet-18
+    with a CUDA device, ResNet-20 (``paper-cpu``) without one, where ResNet-18 would take hours.
+    """
+    if name != AUTO_PRESET:
+        return name, None
+    import torch
+
+    if torch.cuda.is_available():
+        return "paper", "fedcifar: GPU found: the paper's federation with ResNet-18 (paper)"
+    return "paper-cpu", (
+        "fedcifar: no GPU: the paper's federation with ResNet-20 (paper-cpu); `make run PRESET=paper` for ResNet-18"
+    )
+
+
+def training_target(args: argparse.Namespace) -> tuple[str | None, Path | None]:
+    """The preset to train beside the server and the run directory to follow (either may be None).
+
+    A run directory holds one config, so ``--train-preset`` without ``--run`` trains into
+    ``runs/PRESET`` of the resolved preset: ``auto`` never mixes ``paper`` and ``paper-cpu``.
+    """
+    if args.train_preset and args.model:
+        raise UserError("--train-preset needs --run RUN_DIR (the run directory to train into), not --model")
+    if not (args.run or args.model or args.train_preset):
+        raise UserError("serve needs --run RUN_DIR or --model FILE")
+    if not args.train_preset:
+        return None, Path(args.run) if args.run else None
+    from fedcifar.config import PRESETS
+
+    if args.train_preset != AUTO_PRESET and args.train_preset not in PRESETS:
+        choices = ", ".join([AUTO_PRESET, *PRESETS])
+        raise UserError(f"unknown --train-preset {args.train_preset!r}; choose one of: {choices}")
+    preset, message = resolve_train_preset(args.train_preset)
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    return preset, Path(args.run) if args.run else Path("runs") / preset
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -97,14 +142,14 @@ def log_config(level: str = "info") -> dict:
     return config
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace, run_dir: Path | None):
     from fedcifar.serve.settings import MB, ServeSettings
 
     if not (math.isfinite(args.max_upload_mb) and 0 < args.max_upload_mb <= 1024):
         raise UserError(f"--max-upload-mb must be > 0 and <= 1024, got {args.max_upload_mb}")
     try:
         return ServeSettings(
-            run_dir=Path(args.run) if args.run else None,
+            run_dir=run_dir,
             model_path=Path(args.model) if args.model else None,
             data_dir=Path(args.data_dir) if args.data_dir else None,
             max_upload_bytes=int(args.max_upload_mb * MB),
@@ -143,16 +188,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.train_preset and not args.run:
-        raise UserError("--train-preset needs --run RUN_DIR (the run directory to train into)")
-    if args.train_preset:
-        from fedcifar.config import PRESETS
-
-        if args.train_preset not in PRESETS:
-            raise UserError(f"unknown --train-preset {args.train_preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0, got {args.threads}")
-    settings = _settings(args)
+    preset, run_dir = training_target(args)
+    settings = _settings(args, run_dir)
     try:
         runtime = inference_runtime(settings.precision, settings.channels_last)
     except ValueError as exc:
@@ -162,7 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     preloaded = predictor.load(settings.model_path) if settings.model_path else None  # CheckpointError: one line
     sock = listen_socket(args.host, args.port)
 
-    trainer = Trainer(args.train_preset, settings.run_dir, args.data_dir) if args.train_preset else None
+    trainer = Trainer(preset, settings.run_dir, args.data_dir) if preset else None
     app = create_app(replace(settings, labels=labels), preloaded, trainer.status if trainer else None)
     config = uvicorn.Config(
         app,
