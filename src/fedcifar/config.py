@@ -153,11 +153,12 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     # The seed paper: 64 clients, Dirichlet(0.4), 16 per round, 2 epochs, Adam 1e-3, batch 64.
     "paper": {},
-    # The paper's federation with ResNet-20 (0.27 M parameters, ~12x fewer FLOPs than ResNet-18):
-    # all 100 rounds, with the full test set after each, in under 45 minutes on a 2-core CPU
-    # (evaluation batches of 250 ran ResNet-20 about 25 % faster than 1000 here).
+    # The paper's federation with ResNet-20 (278 k parameters, a fraction of ResNet-18's FLOPs),
+    # so that all 100 rounds, with the full test set after each, run on a CPU. Batches of 250
+    # were chosen from hand measurements on one thread that a later two-worker run did not
+    # reproduce. Times, sizes and those measurements: docs/results.md, docs/performance.md.
     "paper-cpu": {"model": "resnet20", "eval_batch_size": 250},
-    # Same pipeline on real CIFAR-100 at a tiny scale: 2 rounds in well under 3 minutes on 2 cores.
+    # Same pipeline on real CIFAR-100 at a tiny scale: a check that a run works, in minutes.
     "smoke": {
         "rounds": 2,
         "clients_per_round": 2,
@@ -166,8 +167,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_limit": 1000,
     },
     # `fedcifar compare`: the paper-cpu federation for 50 rounds, with the full test set after every
-    # round: long enough to rank algorithms whose effect shows after round 12 (about 25-45 minutes
-    # a variant on a 2-core CPU). compare-quick: 12 rounds, for a laptop (early rounds only).
+    # round: long enough to rank algorithms whose effect shows after round 12. compare-quick:
+    # 12 rounds, for a laptop (early rounds only; its time per variant is in docs/results.md).
     "compare": {"model": "resnet20", "eval_batch_size": 250, "rounds": 50},
     "compare-quick": {"model": "resnet20", "eval_batch_size": 250, "rounds": 12},
 }

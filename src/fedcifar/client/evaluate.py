@@ -75,10 +75,10 @@ def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each BatchNorm folded into the conv before it.
 
-    Same outputs (up to rounding) with one op less per layer: about 20 % faster inference
-    for ResNet-20 on this CPU. Plain module surgery, not torch.fx: fx tracing patches
-    ``nn.Module.__call__`` process-wide, which breaks models running in other threads.
-    A model without BatchNorm is returned as it is.
+    Same outputs (up to rounding) with one op less per layer; whether that is faster depends
+    on the machine and layout (docs/performance.md has the measurements). Plain module
+    surgery, not torch.fx: fx tracing patches ``nn.Module.__call__`` process-wide, which
+    breaks models running in other threads. A model without BatchNorm is returned as it is.
     """
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         return model
@@ -102,7 +102,7 @@ def eval_counts(
 ) -> EvalCounts:
     """Loss sum, top-1/top-5 hits and per-class hits of ``weights`` on uint8 ``images``.
 
-    ``fold_bn`` evaluates a copy with BatchNorm folded into the convs (faster, same outputs).
+    ``fold_bn`` evaluates a copy with BatchNorm folded into the convs (same outputs up to rounding).
     """
     model = unwrap(model)  # evaluation runs eagerly: no second compilation for eval mode
     if weights is not None:

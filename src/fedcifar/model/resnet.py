@@ -5,7 +5,8 @@ with its stem swapped. ResNet-20 (He et al. 2016, section 4.2: 3 stages of 3 bas
 16/32/64 channels on 32x32 maps) cannot be ``torchvision.models.ResNet``, whose 4 stages and
 64-512 widths are fixed, so it stacks torchvision's ``BasicBlock`` itself. Its shortcuts are
 projection shortcuts (1x1 conv + norm where the shape changes, the paper's option B, as
-torchvision does) instead of option A's zero padding: 0.27 M parameters either way.
+torchvision does) instead of option A's zero padding: 278 k parameters with 100 classes
+(option A's would have 2.8 k fewer).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def create_app(
     """
     app = FastAPI(
         title="fedcifar",
-        summary="Top-5 CIFAR-100 predictions from a federated ResNet-18, and a live training dashboard.",
+        summary="Top-5 CIFAR-100 predictions from the federated global model, and a live training dashboard.",
         version="0.1.0",
         lifespan=lifespan,
     )

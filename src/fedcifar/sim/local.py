@@ -3,7 +3,10 @@
 The whole dataset sits on the device once; a client's data is an index tensor into it.
 Clients of a round are submitted largest first (see :func:`largest_first`) to a
 :class:`~fedcifar.sim.executor.ModelPool` of one model per worker, and their results come
-back in submission order, so a run is bit-for-bit reproducible whatever the timing. A client
+back in submission order, so which worker finishes first never changes the aggregate: on CPU,
+a run of this backend is bit-for-bit reproducible whatever the timing. That holds neither on
+CUDA (cuDNN's autotuned kernels are not deterministic) nor on the Flower backend, whose
+results come in arrival order and whose nodes train in their own processes. A client
 whose update raises, or has not finished ``round_timeout`` seconds into the round, is reported
 as a failure, with its reason, and the round goes on.
 

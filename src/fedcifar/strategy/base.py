@@ -5,10 +5,11 @@ about its clients, then, each round:
 
 1. ``configure_fit(server_round, client_ids)``: extra per-client instructions, as
    :class:`~fedcifar.messages.ClientInstructions` keyword arguments;
-2. ``aggregate_fit(fit_round, results)``: fold the results that arrive (an iterator, in a
-   fixed order) into new global weights. ``fit_round`` carries the round's global weights,
-   each client's aggregation factor and the round's failures; what the strategy puts in its
-   ``metrics`` (FedExP's step size) becomes columns of the round's row in ``metrics.csv``.
+2. ``aggregate_fit(fit_round, results)``: fold the results that arrive (an iterator, in the
+   order the backend yields them: submission order locally, arrival order on Flower) into new
+   global weights. ``fit_round`` carries the round's global weights, each client's
+   aggregation factor and the round's failures; what the strategy puts in its ``metrics``
+   (FedExP's step size) becomes columns of the round's row in ``metrics.csv``.
 
 The loop, not the strategy, keeps the metrics of each result, counts failures and skips a
 round with too few results: it then restores the strategy from the ``state_dict`` it took
