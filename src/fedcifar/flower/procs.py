@@ -1,4 +1,4 @@
-"""Processes and ports on this machine, read from /proc (Linux; psutil is not needed).
+"""Processes and ports on this machine, through psutil.
 
 A pid names one process only together with its start time (`start_time`), so a pid the kernel
 reused is never taken for a federation's. Every process a federation starts carries
@@ -13,9 +13,10 @@ import ipaddress
 import os
 import socket
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import psutil
 
 LOOPBACK = "127.0.0.1"
 MARKER_ENV = "FEDCIFAR_FLOWER_FEDERATION"  # every process of a federation carries it
@@ -30,20 +31,26 @@ OFFLINE_ENV = {
 }
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time in clock ticks) of a process, None if it is gone."""
+def _running(proc: psutil.Process) -> bool:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _since_boot(proc: psutil.Process) -> float:
+    return round(proc.create_time() - psutil.boot_time(), 2)  # the kernel counts in 10 ms ticks
+
+
+def start_time(pid: int) -> float | None:
+    """Seconds from boot to the process's start: with the pid, it names one process.
+
+    From boot, not the epoch, so that a step of the system clock does not change it.
+    """
+    try:
+        return _since_boot(psutil.Process(pid))
+    except psutil.Error:
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot): with the pid, it names one process."""
-    stat = _stat(pid)
-    return stat[2] if stat else None
 
 
 def process_start_unix(pid: int | None = None) -> float | None:
@@ -52,54 +59,38 @@ def process_start_unix(pid: int | None = None) -> float | None:
     Processes on one machine share the clock, so the benchmark puts a ClientApp's start on the
     server's timeline with it (for a forked ClientApp, the start is the fork).
     """
-    ticks = start_time(os.getpid() if pid is None else pid)
-    if ticks is None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")  # start time counts from boot
-    return time.time() - age
 
 
-def alive(pid: int, started: int | None = None) -> bool:
+def alive(pid: int, started: float | None = None) -> bool:
     """True while the process exists and is not a zombie (and started at `started`, if given)."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z" and (started is None or stat[2] == started)
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    try:
+        proc = psutil.Process(pid)
+        return _running(proc) and (started is None or _since_boot(proc) == started)
+    except psutil.Error:
+        return False
 
 
 def descendants(pids: Iterable[int]) -> set[int]:
     """Every living descendant of `pids` (children, grandchildren, ...), not `pids` themselves."""
-    children: dict[int, list[int]] = {}
-    for pid in _all_pids():
-        stat = _stat(pid)
-        if stat and stat[0] != "Z":
-            children.setdefault(stat[1], []).append(pid)
+    pids = set(pids)
     found: set[int] = set()
-    todo = list(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found - set(pids)
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True) if _running(child))
+    return found - pids
 
 
 def marked(marker: str) -> set[int]:
     """Living processes (but this one) whose environment carries ``FEDCIFAR_FLOWER_FEDERATION=marker``."""
-    needle = f"{MARKER_ENV}={marker}".encode()
-    found = set()
-    for pid in _all_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and alive(pid):
-            found.add(pid)
-    return found
+    return {
+        proc.pid
+        for proc in psutil.process_iter(["environ"])  # environ None: another user's, or a zombie
+        if proc.pid != os.getpid() and (proc.info["environ"] or {}).get(MARKER_ENV) == marker and _running(proc)
+    }
 
 
 def signal_group(pid: int, sig: int) -> None:
@@ -112,37 +103,17 @@ def signal_group(pid: int, sig: int) -> None:
 def listening_sockets(pids: Iterable[int]) -> list[tuple[int, str, int]]:
     """(pid, address, port) of every listening TCP socket the processes hold (IPv4 and IPv6).
 
-    From /proc/PID/net/tcp{,6} (sockets in LISTEN state, by inode) and /proc/PID/fd (which of
-    those inodes the process holds).
+    The processes share this one's network namespace (psutil reads this process's socket table).
     """
-    found = []
+    found = set()
     for pid in pids:
-        listening: dict[str, tuple[str, int]] = {}  # socket inode -> (address, port)
-        for table, v6 in (("tcp", False), ("tcp6", True)):
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-                    cols = line.split()
-                    if cols[3] == "0A":  # TCP_LISTEN
-                        listening[cols[9]] = _decode_address(cols[1], v6)
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("socket:[") and (inode := target[8:-1]) in listening:
-                        found.append((pid, *listening[inode]))
-    return sorted(set(found))
-
-
-def _decode_address(hex_address: str, v6: bool) -> tuple[str, int]:
-    """Decode /proc/net/tcp's ``0100007F:1F90`` (address words in host byte order)."""
-    address, port = hex_address.split(":")
-    raw = bytes.fromhex(address)
-    # Each 32-bit word is stored little-endian on the machines this runs on.
-    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    ip = ipaddress.IPv6Address(raw) if v6 else ipaddress.IPv4Address(raw)
-    if v6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return str(ip), int(port, 16)
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    ip = ipaddress.ip_address(conn.laddr.ip)
+                    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:127.0.0.1 is 127.0.0.1
+                    found.add((pid, str(ip), conn.laddr.port))
+    return sorted(found)
 
 
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
