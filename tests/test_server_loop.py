@@ -179,3 +179,26 @@ def test_under_clip_norm_the_statistics_take_the_clients_median_whatever_the_str
         torch.testing.assert_close(var, torch.full((2,), (values[1] + values[2]) / 2))
     else:  # FedAvg's size-weighted mean, as the paper's: one poisoner dominates it
         assert float(var.min()) > 10 * max(honest)
+
+
+class InflatingBackend(FailingBackend):
+    """Like FailingBackend, but client 1 claims 10⁹ examples for the round."""
+
+    def fit(self, server_round, global_weights, tasks):
+        for result in super().fit(server_round, global_weights, tasks):
+            if isinstance(result, ClientResult) and result.client_id == 1:
+                result.num_examples = 10**9
+            yield result
+
+
+def test_a_result_claiming_more_examples_than_registered_is_refused_not_weighted(tmp_path):
+    backend = InflatingBackend()
+    fed, run = _federation(tmp_path, backend, min_fit_clients=1)
+    frame = run_rounds(fed, run, {"w": torch.zeros(2)}, progress=False)
+    expected = 0.0
+    for ids in backend.rounds:
+        ok = [c for c in sorted(ids)[:-1] if c != 1]
+        expected += sum(c * SIZES[c] for c in ok) / sum(SIZES[c] for c in ok)
+    torch.testing.assert_close(load_checkpoint(tmp_path).weights["w"], torch.full((2,), expected))
+    inflated = [row.failures for row, ids in zip(frame.itertuples(), backend.rounds, strict=True) if 1 in ids[:-1]]
+    assert inflated and all("1: reported 1000000000 training examples, 20 are registered" in f for f in inflated)

@@ -43,6 +43,29 @@ class NodesMissing(RuntimeError):
     """Not every client of the federation has a connected SuperNode."""
 
 
+class NodesMisreport(RuntimeError):
+    """A SuperNode's self-reported size or label histogram is not its client's in the partition."""
+
+
+def check_claims(claimed: Population, expected: Population) -> None:
+    """Refuse to start when any node claims other data than the partition gives its client.
+
+    Sizes and label histograms are self-reported: a node claiming 10⁹ examples would own
+    size-weighted FedAvg's mean, size-weighted selection and FedDisco's factors. The server
+    knows the partition the federation was cut from (its config and seed, and CIFAR-100's
+    labels), so a claim is checked, not trusted.
+    """
+    for client in range(len(expected.sizes)):
+        n, want = int(claimed.sizes[client]), int(expected.sizes[client])
+        if n != want:
+            what = f"claims {n} examples; the partition of this config gives it {want}"
+        elif not np.array_equal(claimed.label_counts[client], expected.label_counts[client]):
+            what = "claims other label counts than the partition of this config gives it"
+        else:
+            continue
+        raise NodesMisreport(f"client {client}'s SuperNode {what}: it holds another config's shard, or misreports")
+
+
 class FlowerBackend:
     def __init__(self, grid: Grid, cfg: Config, test_x: torch.Tensor, test_y: torch.Tensor, runtime: Runtime) -> None:
         self.grid = grid
@@ -85,8 +108,12 @@ class FlowerBackend:
     def _message(self, client: int, content: RecordDict, kind: str, group: str) -> Message:
         return Message(content, dst_node_id=self.nodes[client], message_type=kind, group_id=group)
 
-    def discover(self, wait_seconds: float = 120.0) -> Population:
-        """Ask every connected node who it is; wait until each of the config's clients answered."""
+    def discover(self, expected: Population | None = None, wait_seconds: float = 120.0) -> Population:
+        """Ask every connected node who it is; wait until each of the config's clients answered.
+
+        With ``expected`` (the partition the federation was cut from) every claim is checked
+        against it (:func:`check_claims`), and the run uses the expected sizes and counts.
+        """
         deadline = time.monotonic() + wait_seconds
         sizes: dict[int, int] = {}
         counts: dict[int, list[int]] = {}
@@ -109,7 +136,11 @@ class FlowerBackend:
                     sizes[client], counts[client] = int(m["num_examples"]), list(m["label_counts"])
             time.sleep(0 if wanted <= set(self.nodes) else 1.0)
         ids = sorted(wanted)
-        return Population(np.array([sizes[c] for c in ids]), np.array([counts[c] for c in ids], dtype=np.int64))
+        claimed = Population(np.array([sizes[c] for c in ids]), np.array([counts[c] for c in ids], dtype=np.int64))
+        if expected is None:
+            return claimed
+        check_claims(claimed, expected)
+        return expected
 
     # -- the Backend interface ----------------------------------------------------------------
 
@@ -134,6 +165,8 @@ class FlowerBackend:
                     result = codec.decode_result(reply.content)
                 except (KeyError, ValueError, TypeError) as exc:
                     result = ClientFailure(client, f"malformed reply: {type(exc).__name__}: {exc}")
+                if isinstance(result, ClientResult) and result.client_id != client:
+                    result = ClientFailure(client, f"replied as client {result.client_id}")
             if self.trace:
                 self._trace(server_round, client, encoded[client], arrived, result)
             yield result

@@ -21,9 +21,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcifar.config import build_config, parse_overrides
 from fedcifar.data.cifar100 import load_cifar100
+from fedcifar.federation import partition_for
 from fedcifar.flower.backend import FlowerBackend
 from fedcifar.runtime import resolve_runtime
 from fedcifar.server.loop import run_federation
+from fedcifar.strategy.population import Population
 from fedcifar.track.rundir import write_class_counts
 
 app = ServerApp()
@@ -39,8 +41,9 @@ def main(grid: Grid, context: Context) -> None:
     runtime = resolve_runtime(cfg.replace(workers=1))
     runtime.apply_global_settings()
     backend = FlowerBackend(grid, cfg, data.test_x, data.test_y, runtime)
-    population = backend.discover()
+    labels = data.train_y.numpy()
+    population = backend.discover(expected=Population.from_partition(labels, partition_for(cfg, labels)))
     if not resume or not (out / "partition.csv").exists():
         out.mkdir(parents=True, exist_ok=True)
-        write_class_counts(population.label_counts, out, f"{cfg.num_clients} SuperNodes' label counts")
+        write_class_counts(population.label_counts, out, f"{cfg.num_clients} SuperNodes' label counts, as checked")
     run_federation(cfg, out, backend, population, resume=resume, device=runtime.device)

@@ -71,9 +71,18 @@ def select_clients(server: Server, server_round: int, global_weights: Weights) -
     return SELECTORS[cfg.client_selection](ctx)
 
 
-def screen_result(cfg: Config, global_weights: Weights, result: ClientResult) -> ClientResult | ClientFailure:
-    """A result the strategy may see (its update clipped to ``clip_norm``), or why it is refused."""
+def screen_result(
+    cfg: Config, global_weights: Weights, population: Population, result: ClientResult
+) -> ClientResult | ClientFailure:
+    """A result the strategy may see (its update clipped to ``clip_norm``), or why it is refused.
+
+    Its ``num_examples`` must be the size the server registered for the client (the
+    population): a result cannot claim more weight in the mean than its client has data.
+    """
     problem = result_problem(result, global_weights)
+    registered = int(population.sizes[result.client_id])
+    if problem is None and result.num_examples != registered:
+        problem = f"reported {result.num_examples} training examples, {registered} are registered for it"
     if problem is not None:
         return ClientFailure(result.client_id, problem)
     norm = update_norm(global_weights, result.weights)
@@ -141,7 +150,7 @@ def fit_round(
     factors = strategy.weighting.for_round(clients, server.population)
     fit = FitRound(server_round, global_weights, factors)
     # Under clip_norm the statistics, which no norm bounds, take the clients' median (a few KB each).
-    screen = partial(screen_result, server.cfg, global_weights)
+    screen = partial(screen_result, server.cfg, global_weights, server.population)
     arrivals = _Arrivals(fit, len(tasks), on_progress, screen, keep_statistics=server.cfg.clip_norm > 0)
     try:
         new_weights = strategy.aggregate_fit(fit, arrivals(server.backend.fit(server_round, global_weights, tasks)))
