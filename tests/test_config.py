@@ -77,3 +77,11 @@ def test_a_config_built_directly_is_validated_too():
         Config(strategy="nope")
     with pytest.raises(ConfigError, match="min_fit_clients must be in"):
         Config(min_fit_clients=17)
+
+
+@pytest.mark.parametrize("selection", ["size_weighted", "power_of_choice"])
+def test_size_sampled_selection_refuses_size_weighting_again(selection):
+    with pytest.raises(ConfigError, match=f"client_selection={selection} already samples clients by size"):
+        build_config("paper", None, {"client_selection": selection})
+    cfg = build_config("paper", None, {"client_selection": selection, "client_weighting": "uniform"})
+    assert cfg.client_weighting == "uniform"

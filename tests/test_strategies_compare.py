@@ -12,9 +12,9 @@ from fedcifar.config import ConfigError, build_config
 
 
 def test_variants_parse_names_and_overrides():
-    v = parse_variant("fedprox:proximal_mu=0.1, client_selection=power_of_choice")
-    assert v.overrides == {"strategy": "fedprox", "proximal_mu": "0.1", "client_selection": "power_of_choice"}
-    assert v.dirname == "fedprox_proximal_mu=0.1_client_selection=power_of_choice"
+    v = parse_variant("fedprox:proximal_mu=0.1, client_weighting=uniform")
+    assert v.overrides == {"strategy": "fedprox", "proximal_mu": "0.1", "client_weighting": "uniform"}
+    assert v.dirname == "fedprox_proximal_mu=0.1_client_weighting=uniform"
     cfg = variant_config(build_config("smoke"), v)
     assert (cfg.strategy, cfg.proximal_mu, cfg.rounds) == ("fedprox", 0.1, 2)
     assert [x.label for x in parse_variants("fedavg; scaffold fedadam:server_lr=0.001")] == [

@@ -31,10 +31,10 @@ DETERMINISTIC = ["round", "train_loss", "train_acc", "test_loss", "test_acc", "t
 # strategy -> the extra option it is run with (so each option is exercised once as well)
 CASES = {
     "fedavg": {},
-    "fedprox": {"client_selection": "size_weighted", "proximal_mu": 0.1},
+    "fedprox": {"client_selection": "size_weighted", "client_weighting": "uniform", "proximal_mu": 0.1},
     "fedavgm": {"norm": "group"},
     "fedadam": {"client_weighting": "feddisco"},
-    "fedyogi": {"client_selection": "power_of_choice", "poc_samples": 32},
+    "fedyogi": {"client_selection": "power_of_choice", "client_weighting": "uniform", "poc_samples": 32},
     "fedadagrad": {"client_optimizer": "sgd"},
     "scaffold": {"norm": "fedbn"},
     "feddyn": {"client_optimizer": "sgd", "momentum": 0.9, "lr": 0.01},
@@ -99,7 +99,14 @@ class Interrupt(KeyboardInterrupt):
     "over",
     [
         # c, every c_i, FedBN's local layers and the loss-based selection must all come back
-        dict(strategy="scaffold", norm="fedbn", client_selection="power_of_choice", poc_samples=32, num_clients=3),
+        dict(
+            strategy="scaffold",
+            norm="fedbn",
+            client_selection="power_of_choice",
+            client_weighting="uniform",
+            poc_samples=32,
+            num_clients=3,
+        ),
         dict(strategy="fedadam", client_weighting="feddisco", client_selection="size_weighted", num_clients=3),
     ],
     ids=["scaffold-fedbn-poc", "fedadam-feddisco"],

@@ -304,6 +304,12 @@ def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], No
         f"poc_candidates must be 0 or in [clients_per_round, num_clients] = [{k}, {cfg.num_clients}]",
     )
     need(cfg.poc_samples >= 0, "poc_samples must be >= 0")
+    need(
+        cfg.client_selection == "uniform" or cfg.client_weighting != "num_examples",
+        f"client_selection={cfg.client_selection} already samples clients by size, and its papers take a plain "
+        "mean (Cho et al. 2022; Li et al. 2020): num_examples weighting would count size twice; "
+        "add --set client_weighting=uniform",
+    )
     need(cfg.disco_a >= 0, "disco_a must be >= 0")
     need(
         cfg.strategy != "bulyan" or k >= 4 * f + 3,
