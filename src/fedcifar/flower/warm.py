@@ -28,6 +28,12 @@ this machine's benchmark; the processes fedcifar starts shorten them (`quick_pul
 * An idle SuperNode asks the SuperLink for messages every 3 s, and waits for its ClientApp's
   reply in steps of 0.5 s. ``python -m fedcifar.flower.warm supernode ARGS`` is
   ``flower-supernode ARGS`` with both at most ``NODE_POLL`` seconds.
+
+All three changes (the executor, the pull retries, the SuperNode's sleeps) patch Flower's
+internals, so each first checks that the installed Flower is one of ``FLOWER_VERSIONS``, which
+they were written for and read against, and that the patched symbol is there; otherwise it raises
+`FlowerInternalsError`, naming both, rather than run with the patch silently missing.
+With ``--clientapp fresh`` the nodes are Flower's own; the ServerApp's `quick_pulls` still checks.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import os
 import signal
 import sys
@@ -46,6 +53,32 @@ TASK_POLL = 0.1  # s between this SuperExec's task polls (a local HTTP call to i
 NODE_POLL = 0.2  # s: an idle SuperNode's poll of the SuperLink (Flower: 3), and its reply wait (0.5)
 # Flower: 1 s doubling to 10 s, 500 tries; here the same total patience (its max_time, 2 h) governs.
 PULL_RETRY = {"initial_backoff": 0.05, "backoff_cap": 0.5, "max_tries_per_object": 20_000}
+# The Flower releases whose internals the patches here were written for and read against. Add one
+# only after reading its start_client_internal, run_superexec, inflatable_utils and run_clientapp.
+FLOWER_VERSIONS = ("1.41.0",)
+
+
+class FlowerInternalsError(RuntimeError):
+    """The installed Flower is not one whose internals this module patches, or lacks a patched symbol."""
+
+
+def check_patch(symbol: str, present: bool) -> None:
+    """Raise `FlowerInternalsError` unless this Flower is one of `FLOWER_VERSIONS` and has `symbol`."""
+    version = importlib.metadata.version("flwr")
+    if version not in FLOWER_VERSIONS:
+        raise FlowerInternalsError(
+            f"fedcifar.flower.warm patches {symbol}, written for flwr {' or '.join(FLOWER_VERSIONS)}, "
+            f"but flwr {version} is installed: install flwr=={FLOWER_VERSIONS[-1]} (the [flower] extra), "
+            "or check the patch against this Flower and add it to FLOWER_VERSIONS"
+        )
+    if not present:
+        raise FlowerInternalsError(f"flwr {version} has no {symbol}, which fedcifar.flower.warm patches")
+
+
+def _patch(module: object, name: str, value: object) -> None:
+    """``module.name = value``, after `check_patch`."""
+    check_patch(f"{module.__name__}.{name}", hasattr(module, name))
+    setattr(module, name, value)
 
 
 def quick_pulls() -> None:
@@ -53,8 +86,8 @@ def quick_pulls() -> None:
     from flwr.supercore.inflatable import inflatable_utils
 
     for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
-        if not set(PULL_RETRY) <= set(fn.__kwdefaults__ or {}):  # another Flower: fail loudly, not silently
-            raise RuntimeError(f"flwr {fn.__qualname__} has no keyword arguments {sorted(PULL_RETRY)}")
+        symbol = f"the keyword defaults {sorted(PULL_RETRY)} of {fn.__module__}.{fn.__qualname__}"
+        check_patch(symbol, set(PULL_RETRY) <= set(fn.__kwdefaults__ or {}))
         fn.__kwdefaults__.update(PULL_RETRY)
 
 
@@ -77,7 +110,7 @@ def run_supernode(argv: list[str], poll: float = NODE_POLL) -> None:
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     quick_pulls()
-    start_client_internal.time = _ShortSleeps(poll)  # its loop's only sleeps: 3 s idle, 0.5 s reply wait
+    _patch(start_client_internal, "time", _ShortSleeps(poll))  # its loop's only sleeps: 3 s idle, 0.5 s reply wait
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
 
@@ -176,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[POLL_ENV] = str(args.poll or TASK_POLL)
     preload()
     superexec = importlib.import_module("flwr.supercore.superexec.run_superexec")
-    superexec.get_executor = lambda *_a, **_k: ForkExecutor()  # the one change to Flower's SuperExec
+    _patch(superexec, "get_executor", lambda *_a, **_k: ForkExecutor())  # the one change to Flower's SuperExec
     superexec.run_superexec(
         runtime_api_address=args.runtime_api_address,
         insecure=args.insecure,
