@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, RecordDict
 
-from fedcifar.config import build_config
-from fedcifar.data.cifar100 import DataError
-from fedcifar.data.shards import export_shards, load_shard, shard_path
-from fedcifar.flower import codec
-from fedcifar.messages import ClientInstructions, ClientResult
+pytest.importorskip("flwr", reason="the [flower] extra is not installed")
+
+from flwr.app import ConfigRecord, RecordDict  # noqa: E402
+
+from fedcifar.config import build_config  # noqa: E402
+from fedcifar.data.cifar100 import DataError  # noqa: E402
+from fedcifar.data.shards import export_shards, load_shard, shard_path  # noqa: E402
+from fedcifar.flower import codec  # noqa: E402
+from fedcifar.messages import ClientInstructions, ClientResult  # noqa: E402
 
 
 def _weights(seed: int = 0) -> dict[str, torch.Tensor]:

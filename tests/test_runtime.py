@@ -48,16 +48,23 @@ def test_precision_flag_keeps_fp32_available():
     )
 
 
-def test_compile_only_where_it_pays():
-    def cfg(**kw):
-        return build_config("paper", None, kw)
+def test_compile_auto_needs_a_run_long_enough_for_each_cuda_worker_and_never_compiles_on_cpu():
+    """auto compiles on CUDA once each worker trains enough images to repay the warm-up; on/off always win."""
 
-    assert not compile_pays(cfg(rounds=2), "cpu", 2)  # a short run never repays the warm-up
-    assert not compile_pays(cfg(rounds=100), "cpu", 2)  # and on this CPU compiling did not pay at all
-    assert not compile_pays(cfg(rounds=2), "cuda", 2)
-    assert compile_pays(cfg(rounds=100), "cuda", 2)  # the paper's run on a GPU does
-    assert compile_pays(cfg(rounds=1, compile="on"), "cpu", 2)
-    assert not compile_pays(cfg(rounds=10_000, compile="off"), "cuda", 2)
+    def pays(device: str, workers: int, **kw) -> bool:
+        return compile_pays(build_config("paper", None, {"local_steps": 1, "batch_size": 10, **kw}), device, workers)
+
+    # The first run length that pays with one worker (each round: 16 clients x 10 images).
+    rounds = next(r for r in (2**i for i in range(40)) if pays("cuda", 1, rounds=r))
+    assert rounds > 1 and not pays("cuda", 1, rounds=rounds // 2)  # a short run never repays it
+    assert not pays("cuda", 2, rounds=rounds)  # two workers share the images: each compiles for half
+    assert pays("cuda", 2, rounds=2 * rounds) and pays("cuda", 1, rounds=rounds // 2, batch_size=20)  # images count
+    assert not pays("cpu", 1, rounds=1000 * rounds)  # on CPU, calibrate measures instead
+    assert pays("cpu", 2, rounds=1, compile="on") and not pays("cuda", 1, rounds=1000 * rounds, compile="off")
+    compiled = resolve_runtime(build_config("smoke", None, {"compile": "on", "device": "cpu"})).prepare(nn.Linear(2, 2))
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)  # what the run trains is compiled
+    plain = resolve_runtime(build_config("smoke", None, {"compile": "off", "device": "cpu"})).prepare(nn.Linear(2, 2))
+    assert isinstance(plain, nn.Linear)
 
 
 def test_cpu_runtime_has_no_streams_and_prepares_channels_last():

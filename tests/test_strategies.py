@@ -148,12 +148,21 @@ def test_adaptive_rules_match_numpy_for_three_steps(rule):
         np.testing.assert_allclose(v.numpy(), v_np, rtol=1e-12)
 
 
-def test_fedadam_never_drives_a_running_variance_negative():
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_server_optimizers_step_parameters_only_and_take_the_statistics_weighted_mean(name):
+    """A large server step moves the parameters away from the clients' mean, never the statistics."""
+    strategy = build_strategy(build_config("paper", None, {"strategy": name, "server_lr": 10.0}))
     x = _global()
-    strategy = FedAdam(server_lr=10.0)
     for rnd in range(1, 4):
-        x = aggregate(strategy, rnd, x, _results(x, [1, 1], seed=rnd))
-        assert (x["bn.running_var"] > 0).all()
+        results = _results(x, [1, 3], seed=rnd)
+        w = np.array([1, 3]) / 4
+        x = aggregate(strategy, rnd, x, results)
+        for k in ("bn.running_mean", "bn.running_var"):
+            mean = sum(wi * _np(r.weights[k]) for wi, r in zip(w, results, strict=True))
+            np.testing.assert_allclose(_np(x[k]), mean, rtol=1e-5, atol=1e-6, err_msg=k)
+        mean = sum(wi * _np(r.weights["conv.weight"]) for wi, r in zip(w, results, strict=True))
+        assert np.abs(_np(x["conv.weight"]) - mean).max() > 0.1  # the step went beyond the mean
+        assert x["bn.num_batches_tracked"].dtype == torch.int64
 
 
 # --- FedProx ---------------------------------------------------------------------------------
