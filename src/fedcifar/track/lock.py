@@ -4,7 +4,7 @@ The kernel drops the lock when its holder exits, however it exits (SIGKILL inclu
 lock is never stale. The file keeps the holder's pid, for the error a second trainer gets.
 Claims are counted per process: the CLI, the engine and :class:`~fedcifar.track.rundir.RunDir`
 may all claim the directory they work on, and only the first claim takes the lock (and
-deletes the temporary files a killed writer left, see :mod:`fedcifar.track.io`).
+deletes the temporary files a killed writer left, see :mod:`fedcifar.atomic`).
 """
 
 from __future__ import annotations

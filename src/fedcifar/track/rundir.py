@@ -5,7 +5,7 @@ model (``model_global.safetensors`` and ``.pth``), then the resume checkpoint. T
 checkpoint comes last, so it marks the round complete; a resumed run drops metric rows past
 it. ``progress.json`` says how far the round in progress is, for the dashboard; it is
 rewritten (atomically) as each client's result arrives. Every file is written atomically and
-durably (:mod:`fedcifar.track.io`), and a run holds the directory's lock
+durably (:mod:`fedcifar.atomic`), and a run holds the directory's lock
 (:mod:`fedcifar.track.lock`) while it writes, so a run killed at any instant resumes from its
 last checkpoint with nothing left behind.
 """
