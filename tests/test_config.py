@@ -85,3 +85,13 @@ def test_size_sampled_selection_refuses_size_weighting_again(selection):
         build_config("paper", None, {"client_selection": selection})
     cfg = build_config("paper", None, {"client_selection": selection, "client_weighting": "uniform"})
     assert cfg.client_weighting == "uniform"
+
+
+def test_keys_the_run_does_not_read_are_named():
+    from fedcifar.config import unused_keys
+
+    assert unused_keys(build_config("paper", None, {"proximal_mu": 0.1})) == ["proximal_mu=0.1"]
+    assert unused_keys(build_config("paper", None, {"strategy": "fedprox", "proximal_mu": 0.1})) == []
+    cfg = build_config("paper", None, {"strategy": "fedadam", "server_momentum": 0.5, "disco_a": 1.0, "tau": 0.2})
+    assert unused_keys(cfg) == ["server_momentum=0.5", "disco_a=1.0"]
+    assert unused_keys(build_config("paper")) == []

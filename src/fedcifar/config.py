@@ -329,6 +329,43 @@ def _validate_faults(cfg: Config, need: typing.Callable[[bool, str], None]) -> N
     need(cfg.attack_scale >= 0, f"attack_scale must be >= 0 (0 = the attack's default), got {cfg.attack_scale}")
 
 
+_ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")
+# Which run reads each optional key: a key set away from its default in a run that never reads it
+# is named by unused_keys (``--set strategy=fedavg --set proximal_mu=0.1`` runs plain FedAvg).
+USED_WHEN: dict[str, typing.Callable[[Config], bool]] = {
+    "alpha": lambda c: c.partitioner == "dirichlet",
+    "shards_per_client": lambda c: c.partitioner == "shards",
+    "lr_decay": lambda c: c.lr_schedule == "exponential",
+    "proximal_mu": lambda c: c.strategy == "fedprox",
+    "server_lr": lambda c: c.strategy in ("fedavgm", "scaffold", *_ADAPTIVE),
+    "server_momentum": lambda c: c.strategy == "fedavgm",
+    "beta1": lambda c: c.strategy in _ADAPTIVE,
+    "beta2": lambda c: c.strategy in ("fedadam", "fedyogi"),
+    "tau": lambda c: c.strategy in _ADAPTIVE,
+    "feddyn_alpha": lambda c: c.strategy == "feddyn",
+    "fedexp_epsilon": lambda c: c.strategy == "fedexp",
+    "trim_ratio": lambda c: c.strategy == "trimmed_mean",
+    "krum_byzantine": lambda c: c.strategy in ("krum", "multikrum", "bulyan"),
+    "krum_select": lambda c: c.strategy == "multikrum",
+    "geomed_iters": lambda c: c.strategy == "geometric_median",
+    "poc_candidates": lambda c: c.client_selection == "power_of_choice",
+    "poc_samples": lambda c: c.client_selection == "power_of_choice",
+    "disco_a": lambda c: c.client_weighting == "feddisco",
+    "disco_b": lambda c: c.client_weighting == "feddisco",
+    "fault_kind": lambda c: c.fault_rate > 0,
+    "attack_fraction": lambda c: c.attack != "none",
+    "attack_scale": lambda c: c.attack != "none",
+}
+
+
+def unused_keys(cfg: Config) -> list[str]:
+    """``key=value`` for every key set away from its default that this run never reads."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    return [
+        f"{k}={getattr(cfg, k)}" for k, used in USED_WHEN.items() if getattr(cfg, k) != defaults[k] and not used(cfg)
+    ]
+
+
 def validate(cfg: Config) -> None:
     """Range and cross-field checks (names and types are checked by ``_coerce``)."""
 

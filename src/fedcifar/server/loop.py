@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedcifar.client.train import read_weights
-from fedcifar.config import Config, ConfigError
+from fedcifar.config import Config, ConfigError, unused_keys
 from fedcifar.federation import client_instructions, malicious_clients, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.server.backend import Backend, FitTask, HoldsClientState, Validates
@@ -236,6 +236,8 @@ def run_federation(
     if cfg.val_size and not isinstance(backend, Validates):
         raise ConfigError(f"val_size={cfg.val_size}: this backend holds no validation images; use the simulator")
     strategy = build_strategy(cfg)
+    if unused := unused_keys(cfg):
+        tqdm.write(f"fedcifar: warning: this run ({cfg.strategy}) does not read {', '.join(unused)}", file=sys.stderr)
     run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume, tensorboard_dir)
     if resumed.round:
         weights = {k: v.to(device) for k, v in resumed.weights.items()}
