@@ -10,15 +10,16 @@ import torch
 from safetensors.torch import save_file
 
 from fedcifar.cli import main
-from fedcifar.config import build_config, save_yaml
+from fedcifar.config import save_yaml
 from fedcifar.federation import model_spec
 from fedcifar.track.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from helpers import set_args, tiny, tiny_config
 
-TINY = {"model": "resnet20", "rounds": 1, "local_steps": 1, "batch_size": 16, "eval_limit": 100, "workers": 1}
+ONE_ROUND = tiny(rounds=1, eval_limit=100, workers=1)
 
 
 def _cfg(**over):
-    return build_config("smoke", None, {**TINY, **over})
+    return tiny_config(**{**ONE_ROUND, **over})
 
 
 def _fake_run(run_dir, cfg, server_round=1, weights=None):
@@ -75,7 +76,7 @@ def test_a_checkpoint_with_a_bad_config_is_one_line(tmp_path, capsys):
 
 def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path, capsys):
     cfg = _cfg()
-    resnet18 = build_config("smoke", None, {**TINY, "model": "resnet18"})
+    resnet18 = _cfg(model="resnet18")
     _fake_run(tmp_path, cfg, weights=model_spec(resnet18).build().state_dict())
     code = main(["train", "--resume", str(tmp_path), "--set", "rounds=2", "--quiet"])
     _one_line_error(capsys, code, "does not hold this run's model")
@@ -125,7 +126,7 @@ def test_resume_of_a_missing_or_empty_directory_is_one_line(tmp_path, capsys):
 
 def test_auto_resume_refuses_a_run_of_another_config(tmp_path, capsys):
     _fake_run(tmp_path, _cfg())
-    argv = ["train", "--preset", "smoke", *[f"--set={k}={v}" for k, v in TINY.items()], "--out", str(tmp_path)]
+    argv = ["train", "--preset", "smoke", *set_args(ONE_ROUND), "--out", str(tmp_path)]
     code = main([*argv, "--set", "lr=0.01", "--auto-resume", "--quiet"])
     _one_line_error(capsys, code, "holds a run of another config (lr: 0.001 -> 0.01)")
     code = main([*argv, "--quiet"])
@@ -148,7 +149,7 @@ def test_compare_refuses_a_finished_variant_of_another_config(tmp_path, capsys):
     base = _cfg()
     (tmp_path / "fedavg").mkdir()
     _fake_run(tmp_path / "fedavg", base)
-    args = ["compare", "--preset", "smoke", *[f"--set={k}={v}" for k, v in TINY.items()], "--strategies", "fedavg"]
+    args = ["compare", "--preset", "smoke", *set_args(ONE_ROUND), "--strategies", "fedavg"]
     code = main([*args, "--set", "lr=0.05", "--out", str(tmp_path), "--quiet"])
     _one_line_error(capsys, code, f"{tmp_path / 'fedavg'} holds a run of another config (lr: 0.001 -> 0.05)")
     assert not (tmp_path / "comparison.csv").exists()

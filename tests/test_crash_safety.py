@@ -27,12 +27,10 @@ from fedcifar import atomic as io
 from fedcifar.cli import main
 from fedcifar.track.checkpoint import CHECKPOINT_FILE, MODEL_FILE
 from fedcifar.track.lock import LOCK_FILE, RunDirInUse, acquire, release, run_dir_lock
+from helpers import set_args, tiny, wait_for
 
-TINY = [
-    "--preset", "smoke", "--set", "model=resnet20", "--set", "rounds=3", "--set", "local_steps=1",
-    "--set", "batch_size=16", "--set", "eval_limit=100", "--set", "workers=1", "--quiet", "--no-download",
-]  # fmt: skip
 ROUNDS = 3
+TINY = ["--preset", "smoke", *set_args(tiny(rounds=ROUNDS, eval_limit=100, workers=1)), "--quiet", "--no-download"]
 KILLS = {"any instant": 8, "round 1, before any checkpoint": 6, "during a checkpoint write": 6}
 DETERMINISTIC = ["round", "train_loss", "train_acc", "test_loss", "test_acc", "num_examples", "clients"]
 
@@ -179,11 +177,8 @@ def _join(proc, timeout: float = 300.0) -> None:
 
 
 def _wait_for(condition, proc, timeout: float = 120.0) -> float:
-    t0 = time.perf_counter()
-    while not condition():
-        assert proc.is_alive(), "the run ended before the instant to kill it"
-        assert time.perf_counter() - t0 < timeout
-        time.sleep(0.005)
+    """Wait for ``condition`` while the run lives (polled every 5 ms: kill instants are that fine); the time then."""
+    wait_for(condition, timeout, "the instant to kill the run", proc=proc, interval=0.005)
     return time.perf_counter()
 
 

@@ -9,12 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedcifar.config import build_config
 from fedcifar.track.tensorboard import ScalarLog, scalars
+from helpers import tiny_config
 
-TINY = dict(
-    model="resnet20", local_steps=1, batch_size=16, eval_limit=64, clients_per_round=2, num_clients=4, workers=2
-)
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed"
 )
@@ -48,7 +45,7 @@ def test_event_files_equal_metrics_csv_and_a_resume_rewrites_its_steps_once(cifa
 
     from fedcifar.sim.engine import run_training
 
-    cfg = build_config("smoke", None, {**TINY, "val_size": 100, "rounds": 2})
+    cfg = tiny_config(val_size=100)
     run_training(cfg, tmp_path, cifar, progress=False)
     # A run killed after writing round 3's scalars but before its checkpoint left this behind:
     with SummaryWriter(str(tmp_path / "tensorboard")) as stale:

@@ -19,18 +19,9 @@ from fedcifar.tune import (
     tune_table,
     with_validation,
 )
+from helpers import set_args, tiny, tiny_config
 
-TINY = {
-    "model": "resnet20",
-    "local_steps": "1",
-    "batch_size": "16",
-    "eval_limit": "64",
-    "clients_per_round": "2",
-    "num_clients": "4",
-    "workers": "2",
-    "rounds": "2",
-    "val_size": "100",
-}
+TUNE = tiny(val_size=100)
 
 
 def test_grid_specs_are_checked_before_any_training():
@@ -100,7 +91,7 @@ def rigged(monkeypatch):
 def test_tune_selects_on_validation_writes_its_files_and_reuses_finished_points(
     cifar, tmp_path, rigged, monkeypatch, capsys
 ):
-    base = build_config("smoke", None, TINY)
+    base = tiny_config(**TUNE)
     grid = parse_grid(["server_lr=0.5,1"])
     table = run_tune(base, "fedavgm", grid, tmp_path, cifar, progress=False)
     assert table.loc[table["selected"], "point"].tolist() == ["fedavgm:server_lr=0.5"]
@@ -121,7 +112,7 @@ def test_tune_selects_on_validation_writes_its_files_and_reuses_finished_points(
 
     monkeypatch.setattr("fedcifar.sim.engine.run_training", no_training)
     args = ["tune", "--preset", "smoke", "--strategy", "fedavgm", "--grid", "server_lr=0.5,1", "--out", str(tmp_path)]
-    args += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    args += set_args(TUNE)
     assert main([*args, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "selected fedavgm:server_lr=0.5" in out

@@ -10,10 +10,8 @@ import pytest
 from fedcifar.config import ConfigError, build_config
 from fedcifar.data.partition import PartitionError, stratified_holdout
 from fedcifar.federation import partition_for, validation_indices
+from helpers import tiny_config
 
-TINY = dict(
-    model="resnet20", local_steps=1, batch_size=16, eval_limit=64, clients_per_round=2, num_clients=4, workers=2
-)
 CIFAR_LIKE = np.repeat(np.arange(100), 500)  # CIFAR-100's training labels: 500 a class
 UNEVEN = np.random.default_rng(3).integers(0, 100, 5000)
 # sha256 of partition_for(...) on UNEVEN before val_size existed (computed on main at 0545d8f).
@@ -102,7 +100,7 @@ def test_tiny_run_scores_the_held_out_images_every_eval(cifar, tmp_path):
     from fedcifar.runtime import resolve_runtime
     from fedcifar.sim.engine import run_training
 
-    cfg = build_config("smoke", None, {**TINY, "val_size": 200, "eval_every": 2, "rounds": 3})
+    cfg = tiny_config(val_size=200, eval_every=2, rounds=3)
     frame = run_training(cfg, tmp_path, cifar, progress=False)
     assert list(frame.dropna(subset=["val_acc"])["round"]) == [2, 3]  # the rounds with test columns too
     assert list(frame.dropna(subset=["test_acc"])["round"]) == [2, 3]

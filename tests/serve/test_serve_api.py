@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,13 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from helpers import encode, png_from_chunks
+
 rng = np.random.default_rng(0)
-
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def rgb(w: int = 40, h: int = 30) -> Image.Image:
@@ -28,27 +23,12 @@ def rgb(w: int = 40, h: int = 30) -> Image.Image:
 def png_16bit_rgb(w: int = 8, h: int = 8) -> bytes:
     """A 48-bit RGB PNG written by hand (Pillow cannot write one)."""
     raw = b"".join(b"\x00" + rng.integers(0, 65536, w * 3, dtype=np.uint16).astype(">u2").tobytes() for _ in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return png_from_chunks(struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0), raw)
 
 
 def png_bomb(w: int = 100_000, h: int = 100_000) -> bytes:
     """A tiny PNG that declares w x h pixels (its data is one compressed row)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * (w + 1)))
-        + chunk(b"IEND", b"")
-    )
+    return png_from_chunks(struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0), b"\x00" * (w + 1))
 
 
 def gif_two_frames() -> bytes:

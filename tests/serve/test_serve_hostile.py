@@ -28,14 +28,9 @@ from fedcifar.serve.decoder import DecodePool, DecoderBusy
 from fedcifar.serve.main import create_app
 from fedcifar.serve.preprocess import ImageRejected, decode_image, open_image
 from fedcifar.serve.settings import ServeSettings
+from helpers import encode
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def declare_size(png: bytes, width: int, height: int) -> bytes:

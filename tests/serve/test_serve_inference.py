@@ -20,21 +20,11 @@ from fedcifar.serve.main import create_app
 from fedcifar.serve.predictor import MicroBatcher, Predictor, inference_runtime
 from fedcifar.serve.settings import ServeSettings
 from fedcifar.track.checkpoint import MODEL_FILE, export_global
-
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
+from helpers import random_png, wait_for
 
 
 def wait_until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
+    wait_for(predicate, timeout, interval=0.05)
 
 
 def test_microbatcher_batches_concurrent_requests_off_the_event_loop():
@@ -110,7 +100,7 @@ def test_waits_for_the_first_round_then_hot_reloads(tmp_path, fake_labels, expor
     with TestClient(create_app(settings)) as client:
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "waiting"
-        r = client.post("/api/predict", files={"file": ("a.png", png(0), "image/png")})
+        r = client.post("/api/predict", files={"file": ("a.png", random_png(0), "image/png")})
         assert r.status_code == 503 and "waiting for the first round" in r.json()["detail"]
         assert r.headers["retry-after"] == "10"
         assert client.get("/api/model").json()["status"] == "waiting"
@@ -118,12 +108,12 @@ def test_waits_for_the_first_round_then_hot_reloads(tmp_path, fake_labels, expor
 
         exporter(run_dir, seed=0, round_=1)
         wait_until(lambda: client.get("/health").status_code == 200)
-        r = client.post("/api/predict", files={"file": ("a.png", png(0), "image/png")})
+        r = client.post("/api/predict", files={"file": ("a.png", random_png(0), "image/png")})
         assert r.status_code == 200 and r.json()["model_round"] == 1
 
         exporter(run_dir, seed=1, round_=2)
         wait_until(lambda: client.get("/api/model").json()["round"] == 2)
-        r = client.post("/api/predict", files={"file": ("a.png", png(0), "image/png")})
+        r = client.post("/api/predict", files={"file": ("a.png", random_png(0), "image/png")})
         assert r.json()["model_round"] == 2
         assert client.get("/api/model").json()["reloads"] == 1
 
@@ -139,7 +129,7 @@ def test_a_corrupt_new_version_keeps_the_old_model(tmp_path, fake_labels, export
         tmp.replace(run_dir / MODEL_FILE)
         wait_until(lambda: client.get("/api/model").json()["last_error"] is not None)
         assert client.get("/health").json() == {"status": "ok", "model_round": 1}
-        r = client.post("/api/predict", files={"file": ("a.png", png(0), "image/png")})
+        r = client.post("/api/predict", files={"file": ("a.png", random_png(0), "image/png")})
         assert r.status_code == 200 and r.json()["model_round"] == 1
 
 
@@ -150,7 +140,7 @@ def test_swaps_are_atomic_under_concurrent_load(tmp_path, fake_labels, live_serv
     # Weights built up front, in this thread: model init seeds the global RNG, which is not thread-safe.
     weights = {r: build_model("batch", seed=r).state_dict() for r in (1, 2)}
     predictor = Predictor(inference_runtime("fp32"))
-    image = png(3)
+    image = random_png(3)
     pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(image)))).permute(2, 0, 1)[None]
     expected = {}
     for round_ in (1, 2):

@@ -8,7 +8,6 @@ one line and does not retry it.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from fedcifar.serve.main import create_app
 from fedcifar.serve.predictor import ModelStore, Predictor, inference_runtime
 from fedcifar.serve.settings import ServeSettings
 from fedcifar.serve.watcher import ModelWatcher
+from helpers import encode
 
 SMALL = "resnet20"  # 0.27 M parameters: these tests are about the checks, not the network
 GOOD_META = {"arch": SMALL, "norm": "batch", "num_classes": 100, "round": 2, "test_acc": 0.02}
@@ -75,9 +75,7 @@ def damage(path: Path, meta=None, poison: float | None = None) -> None:
 
 
 def png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 32), (10, 200, 30)).save(buf, format="PNG")
-    return buf.getvalue()
+    return encode(Image.new("RGB", (32, 32), (10, 200, 30)))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))

@@ -7,12 +7,9 @@ on the uint8 test tensor, as training evaluation feeds the model. The served sid
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from fedcifar.data.augment import Normalize
 from fedcifar.runtime import bf16_supported
@@ -20,6 +17,7 @@ from fedcifar.serve.labels import read_fine_labels
 from fedcifar.serve.main import create_app
 from fedcifar.serve.settings import ServeSettings
 from fedcifar.track.checkpoint import load_model
+from helpers import encode
 
 INDICES = list(range(0, 10_000, 1250))  # 8 test images across the split
 
@@ -34,12 +32,6 @@ def offline_top5(model_file, images: torch.Tensor, bf16: bool) -> tuple[torch.Te
                 probs.append(torch.softmax(model(x).float(), dim=1)[0])
     top = torch.stack(probs).topk(5, dim=1)
     return top.indices, top.values
-
-
-def as_png(img: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -61,7 +53,7 @@ def test_served_top5_equals_offline_top5(cifar, model_file, precision, channels_
     settings = ServeSettings(model_path=model_file, precision=precision, channels_last=channels_last)
     with TestClient(create_app(settings)) as client:
         for img, ids, probs in zip(images, want_ids, want_probs, strict=True):
-            r = client.post("/api/predict", files={"file": ("cifar.png", as_png(img), "image/png")})
+            r = client.post("/api/predict", files={"file": ("cifar.png", encode(img), "image/png")})
             assert r.status_code == 200, r.text
             preds = r.json()["predictions"]
             assert [p["class_id"] for p in preds] == ids.tolist()

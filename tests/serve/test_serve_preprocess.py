@@ -10,12 +10,7 @@ import torch
 from PIL import Image
 
 from fedcifar.serve.preprocess import ImageRejected, decode_image
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
+from helpers import encode
 
 
 def test_32x32_png_is_kept_pixel_for_pixel():
