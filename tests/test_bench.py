@@ -136,6 +136,7 @@ def test_bench_stops_at_once_without_the_data(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration  # every implementation in its child process
 def test_tiny_bench_end_to_end(tmp_path, cifar):
     w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
     opts = BenchOptions(
@@ -286,6 +287,7 @@ def test_warm_clientapps_shorten_flowers_waits():
     assert time.perf_counter() - t0 < 1.0 and short.monotonic() > 0  # everything else is `time`'s
 
 
+@pytest.mark.integration  # a Flower deployment
 def test_tiny_flower_deployment_bench(tmp_path, cifar):
     w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
     opts = BenchOptions(

@@ -18,6 +18,8 @@ from fedcifar.bench.workload import Workload
 pytest.importorskip("flwr", reason="the [flower] extra is not installed")
 pytest.importorskip("ray", reason="the [flower] extra is not installed")
 
+pytestmark = pytest.mark.integration  # Ray and Flower in a child process
+
 SIMULATE = PEERS_DIR / "flower_app" / "simulate.py"
 
 
@@ -35,5 +37,4 @@ def test_flower_simulation_trains_the_workloads_clients(tmp_path, cifar):
     assert result["impl"] == "flower" and len(result["round_seconds"]) == 2
     assert result["train_images"] == [64, 64]  # 2 clients x 2 minibatches of 16
     assert result["seconds_per_round"] > 0 and result["images_per_sec"] > 0
-    log = proc.stdout + proc.stderr
-    assert "aggregate_train: Received 2 results and 0 failures" in log
+    # (Flower's log lines are not checked: their wording is Flower's and changes between releases.)

@@ -33,6 +33,7 @@ def fed(tmp_path_factory):
     federation.down()
 
 
+@pytest.mark.integration
 def test_up_starts_tls_superlink_and_registered_nodes_online(fed):
     config = (fed.flwr_home / "config.toml").read_text()
     assert f'address = "{fed.address}"' in config and "root-certificates" in config
@@ -43,6 +44,7 @@ def test_up_starts_tls_superlink_and_registered_nodes_online(fed):
     assert fed.online() == {n.node_id for n in nodes}
 
 
+@pytest.mark.integration
 def test_dummy_run_round_trips_through_every_node(fed, tmp_path):
     result_path = tmp_path / "result.json"
     run = fed.submit(APP, {"result-path": str(result_path), "num-nodes": NODES, "rounds": 2}, timeout=300)
@@ -79,6 +81,7 @@ def test_listening_sockets_reads_addresses_from_proc():
         assert (os.getpid(), "::1", local6.getsockname()[1]) in mine
 
 
+@pytest.mark.integration
 def test_every_listening_socket_is_on_loopback(fed):
     sockets = listening_sockets(fed.pids())
     ports = {port for _, _, port in sockets}
@@ -87,6 +90,7 @@ def test_every_listening_socket_is_on_loopback(fed):
     assert sockets and all(address == "127.0.0.1" for _, address, _ in sockets), sockets
 
 
+@pytest.mark.integration
 def test_unregistered_node_and_node_trusting_another_ca_are_refused(fed, tmp_path):
     before = fed.online()
     # A valid key that was never registered: the SuperLink refuses to activate it.
@@ -98,16 +102,18 @@ def test_unregistered_node_and_node_trusting_another_ca_are_refused(fed, tmp_pat
     other_ca = make_certs(tmp_path / "other-ca").ca
     distrustful = fed.start_node(key=key.private, node_id=node_id, root_certificates=other_ca)
 
-    for node, expected in ((unregistered, "Failed to activate SuperNode"), (distrustful, "CERTIFICATE_VERIFY_FAILED")):
-        code = fed.wait_exit(node.pid, timeout=60)  # flwr gives up at once on both (exit code 305 in the log)
-        log = node.log.read_text()
-        assert code not in (None, 0) and expected in log, log
+    for node in (unregistered, distrustful):
+        code = fed.wait_exit(node.pid, timeout=60)  # flwr gives up at once on both
+        assert code not in (None, 0), node.log.read_text()
+    # OpenSSL's reason (not Flower's wording): the node refused the certificate, not something else.
+    assert "CERTIFICATE_VERIFY_FAILED" in distrustful.log.read_text()
     statuses = {int(n["node-id"]): n["status"] for n in fed.supernodes()}
     assert statuses[node_id] == "registered"  # never online
     assert fed.online() == before
 
 
 # Last: stops the module's federation.
+@pytest.mark.integration
 def test_down_leaves_no_process_behind(fed):
     pids = fed.pids()
     started = {p["pid"] for p in fed.state["processes"]}

@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.integration  # builds a wheel and installs it into a fresh venv
+
 ROOT = Path(__file__).resolve().parents[1]
 PEER_FILES = ("paper_style.py", "flower_app/pyproject.toml", "flower_app/simulate.py", "flower_app/flowerbench/task.py")
 

@@ -1,8 +1,11 @@
-"""``fedcifar serve --run RUN --train-preset smoke`` (``make run``): no orphaned trainer, whatever stops the server.
+"""No orphaned trainer, whatever stops the server (``fedcifar serve --train-preset``, ``make run``).
 
-Each test starts the real system as a process, finds its trainer (a child of the server),
-stops the server one way (SIGTERM, SIGHUP, SIGINT, SIGKILL) and checks that the trainer is
-gone too. (A trainer that fails leaves the server serving: tests/test_browser.py checks it on the dashboard.)
+The mechanism is tested directly, in about a second a case: a small server process starts a
+stand-in trainer through :class:`fedcifar.serve.trainer.Trainer` (so through the orphan guard)
+and runs :func:`fedcifar.serve.cli._serve_beside` around a fake web server; each stop signal,
+and SIGKILL, must take the trainer down. One full system (the real server and a real
+``fedcifar train``) checks the same end to end. (A trainer that fails leaves the server
+serving: tests/test_browser.py checks it on the dashboard.)
 """
 
 from __future__ import annotations
@@ -16,19 +19,45 @@ from pathlib import Path
 
 import pytest
 
+from fedcifar.serve.orphan_guard import PARENT_GONE
 from fedcifar.serve.trainer import last_line
+from helpers import wait_for
 from httpcheck import free_port, get_json
 
+STOPS = [signal.SIGTERM, signal.SIGHUP, signal.SIGINT]
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode} while waiting for {what}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return value
+# A stand-in for `fedcifar train`: writes its pid, then sleeps until Ctrl-C, and says how it stopped.
+FAKE_TRAINER = """
+import os, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+(out / "trainer.pid").write_text(str(os.getpid()))
+try:
+    time.sleep(600)
+except KeyboardInterrupt:
+    (out / "stopped").write_text("SIGINT")
+    sys.exit(130)
+"""
+# The server side of `serve --train-preset` without uvicorn: the real Trainer (through the orphan
+# guard) and the real _serve_beside around a web server that runs until told to exit.
+FAKE_SERVER = """
+import socket, sys, time
+from pathlib import Path
+from fedcifar.serve.cli import _serve_beside
+from fedcifar.serve.trainer import Trainer
+
+class Server:
+    should_exit = False
+
+    def run(self, sockets):
+        while not self.should_exit:
+            time.sleep(0.01)
+
+out = Path(sys.argv[1])
+trainer = Trainer("smoke", out, None)
+trainer.cmd = [sys.executable, "-c", sys.argv[2], str(out)]
+sys.exit(_serve_beside(Server(), socket.socket(), trainer, out))
+"""
 
 
 def alive(pid: int) -> bool:
@@ -64,7 +93,7 @@ class System:
         self.trainer: int | None = None
 
     def wait(self, predicate, timeout: float, what: str):
-        return wait_for(predicate, timeout, what, self.proc, self.log_path)
+        return wait_for(predicate, timeout, what, proc=self.proc, log=self.log_path)
 
     def started(self) -> int:
         """Wait for the server to answer and the trainer to run; the trainer's pid."""
@@ -101,23 +130,67 @@ def gone_within(pid: int, seconds: float) -> bool:
     return True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
-def test_a_stop_signal_stops_server_and_trainer(system, sig):
+def start_fake_server(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """The fake server and its stand-in trainer's pid, once the trainer runs."""
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        cmd = [sys.executable, "-c", FAKE_SERVER, str(tmp_path), FAKE_TRAINER]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file = tmp_path / "trainer.pid"
+    trainer = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the trainer", proc=proc, log=log))
+    return proc, trainer
+
+
+@pytest.fixture
+def fake_server(tmp_path):
+    started: list[tuple[subprocess.Popen, int]] = []
+
+    def start() -> tuple[subprocess.Popen, int]:
+        started.append(start_fake_server(tmp_path))
+        return started[-1]
+
+    yield start
+    for proc, trainer in started:
+        for pid in (proc.pid, trainer):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
+def test_a_stop_signal_to_the_server_stops_its_trainer_with_one_sigint(fake_server, tmp_path, sig):
+    server, trainer = fake_server()
+    os.kill(server.pid, sig)
+    log = tmp_path / "server.log"
+    assert server.wait(timeout=30) == 0, log.read_text()
+    assert gone_within(trainer, 5), f"trainer {trainer} outlived the server"
+    assert (tmp_path / "stopped").read_text() == "SIGINT"  # asked as Ctrl-C would, so it keeps its round
+    assert "fedcifar: stopping training" in log.read_text()
+
+
+def test_sigkill_of_the_server_takes_its_trainer_down(fake_server):
+    server, trainer = fake_server()
+    os.kill(server.pid, signal.SIGKILL)  # no handler runs: only the kernel's parent-death signal can help
+    server.wait(timeout=30)
+    assert gone_within(trainer, 5), f"trainer {trainer} outlived the killed server"
+
+
+def test_the_guard_runs_nothing_when_its_parent_is_already_gone(tmp_path):
+    marker = tmp_path / "ran"
+    cmd = [sys.executable, "-m", "fedcifar.serve.orphan_guard", "1", "--", "/usr/bin/touch", str(marker)]
+    assert subprocess.run(cmd, timeout=30).returncode == PARENT_GONE  # pid 1 is not our parent
+    assert not marker.exists()
+
+
+@pytest.mark.integration
+def test_the_full_system_stops_server_and_trainer_on_sigterm(system):
+    """The real server and a real `fedcifar train`: the trainer's own clean stop ends both."""
     s = system()
     trainer = s.started()
-    os.kill(s.proc.pid, sig)  # to the server alone, as a service manager or `kill` sends it
+    os.kill(s.proc.pid, signal.SIGTERM)  # to the server alone, as a service manager or `kill` sends it
     assert s.proc.wait(timeout=120) == 0, s.log_path.read_text()[-3000:]
     assert gone_within(trainer, 10), f"trainer {trainer} outlived the server"
     assert "fedcifar: stopping training" in s.log_path.read_text()
-
-
-def test_sigkill_of_the_server_takes_the_training_down(system, tmp_path):
-    s = system()
-    trainer = s.started()
-    s.wait(lambda: (tmp_path / "run" / "config.yaml").exists(), 180, "training to start")  # past imports and data
-    os.kill(s.proc.pid, signal.SIGKILL)  # no handler runs: only the kernel's parent-death signal can help
-    s.proc.wait(timeout=30)
-    assert gone_within(trainer, 10), f"trainer {trainer} outlived the killed server"
 
 
 def test_last_line_of_a_progress_bar_output():
