@@ -30,7 +30,9 @@ def test_budget_equals_what_the_federated_run_trains(tmp_path, cifar, schedule):
 
 
 def test_budget_cannot_be_replayed_for_loss_based_selection(cifar):
-    cfg = build_config("paper-cpu", None, dict(client_selection="power_of_choice", client_weighting="uniform", rounds=1))
+    cfg = build_config(
+        "paper-cpu", None, dict(client_selection="power_of_choice", client_weighting="uniform", rounds=1)
+    )
     sizes = Population.from_partition(cifar.train_y.numpy(), partition_for(cfg, cifar.train_y.numpy())).sizes
     with pytest.raises(ConfigError, match="give the budget with --images"):
         federated_image_budget(cfg, sizes)

@@ -78,7 +78,9 @@ def _same_weights(a: Path, b: Path) -> dict[str, torch.Tensor]:
 
 def test_a_federation_over_tls_writes_a_complete_run_that_equals_the_local_one(federation, tmp_path, cifar):
     # A robust strategy and loss-based selection (evaluate messages to every candidate) over the network.
-    extra = dict(rounds=1, precision="fp32", strategy="median", client_selection="power_of_choice", client_weighting="uniform")
+    extra = dict(
+        rounds=1, precision="fp32", strategy="median", client_selection="power_of_choice", client_weighting="uniform"
+    )
     frame = _submit(federation, tmp_path / "flower", **extra)
     for name in ("config.yaml", "partition.csv", "metrics.csv", "model_global.safetensors", "checkpoint.safetensors"):
         assert (tmp_path / "flower" / name).exists(), name
