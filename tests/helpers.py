@@ -10,7 +10,7 @@ import struct
 import subprocess
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,3 +140,45 @@ def loss_on(cfg: Config, weights: Mapping[str, torch.Tensor], images: torch.Tens
     runtime = resolve_runtime(cfg.replace(compile="off", precision="fp32"))  # the measure, not the run
     model = runtime.prepare(model_spec(cfg).build())
     return eval_counts(model, dict(weights), images, labels, runtime, 256, fold_bn=False).scores()["loss"]
+
+
+def batch_stats_loss(
+    cfg: Config, weights: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+) -> float:
+    """Mean cross-entropy with BatchNorm on the batch's own statistics (train mode, nothing updated).
+
+    What the trained parameters learnt, whatever the running statistics are: in eval mode a
+    model whose parameters never moved still "improves" once it gets any real statistics.
+    """
+    from fedcifar.data.augment import Normalize
+    from fedcifar.federation import model_spec
+
+    model = model_spec(cfg).build()
+    model.load_state_dict(dict(weights))
+    model.train()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(Normalize()(images)).float(), labels))
+
+
+def client_images(cfg: Config, data: Any, client_ids: Iterable[int], n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded sample of ``n`` training images (and labels) from the given clients' shards."""
+    from fedcifar.federation import partition_for
+
+    parts = partition_for(cfg, data.train_y.numpy())
+    idx = torch.as_tensor(np.concatenate([parts[c] for c in sorted(set(client_ids))]))
+    idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:n]]
+    return data.train_x[idx], data.train_y[idx]
+
+
+def run_and_weights(
+    cfg: Config, run_dir: Path, data: Any
+) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Train ``cfg`` into ``run_dir``: its metrics frame, the initial weights and the exported global ones."""
+    from safetensors.torch import load_file
+
+    from fedcifar.federation import model_spec
+    from fedcifar.sim.engine import run_training
+
+    frame = run_training(cfg, run_dir, data, progress=False)
+    start = model_spec(cfg).build(seed=cfg.seed).state_dict()
+    return frame, start, load_file(Path(run_dir) / "model_global.safetensors")

@@ -25,9 +25,10 @@ from fedcifar.strategy.population import Population
 from fedcifar.strategy.registry import build_strategy
 from fedcifar.track.checkpoint import load_checkpoint
 from fedcifar.track.rundir import RunDir
+from helpers import tiny_config
 
 SIZES = np.array([10, 20, 30, 40])
-TINY = dict(local_steps=1, batch_size=16, eval_limit=64, clients_per_round=4, rounds=2, num_clients=4, workers=2)
+EVERY_CLIENT = {"clients_per_round": 4, "model": None}  # all 4 clients a round, on the smoke preset's ResNet-18
 
 
 class ScriptedBackend:
@@ -184,7 +185,7 @@ def test_config_refuses_a_hang_without_a_round_timeout_and_out_of_range_rates():
 )
 def test_injected_faults_on_real_data_are_recorded_and_the_run_goes_on(tmp_path, cifar, kind, reason):
     over = {"fault_rate": 0.5, "fault_kind": kind, "round_timeout": 8, "min_fit_clients": 1}
-    cfg = build_config("smoke", None, {**TINY, **over})
+    cfg = tiny_config(**EVERY_CLIENT, **over)
     frame = run_training(cfg, tmp_path, cifar, progress=False)
     assert frame["round"].tolist() == [1, 2]
     expected = [sum(bool(injected_fault(cfg, r, c)) for c in range(4)) for r in (1, 2)]
@@ -196,7 +197,7 @@ def test_injected_faults_on_real_data_are_recorded_and_the_run_goes_on(tmp_path,
 
 
 def test_attackers_are_recorded_per_round_and_label_flip_runs_end_to_end(tmp_path, cifar):
-    cfg = build_config("smoke", None, {**TINY, "attack": "label_flip", "attack_fraction": 0.5})
+    cfg = tiny_config(**EVERY_CLIENT, attack="label_flip", attack_fraction=0.5)
     frame = run_training(cfg, tmp_path, cifar, progress=False)
     bad = malicious_clients(cfg)
     assert len(bad) == 2

@@ -11,16 +11,13 @@ training images.
 from __future__ import annotations
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from fedcifar.client.evaluate import eval_counts
 from fedcifar.config import build_config
 from fedcifar.federation import model_spec
-from fedcifar.model.spec import is_trained
-from fedcifar.runtime import resolve_runtime
 from fedcifar.sim.engine import run_training
 from fedcifar.strategy.registry import STRATEGIES
+from helpers import loss_on, weight_step
 
 ONE_ROUND = dict(
     model="resnet20", num_clients=4, clients_per_round=4, rounds=1, local_steps=3, batch_size=32,
@@ -36,27 +33,19 @@ def _first_round(tmp_path, cifar, name: str):
     return cfg, start, load_file(tmp_path / name / "model_global.safetensors")
 
 
-def _step(start, end) -> float:
-    keys = [k for k, v in start.items() if is_trained(k, v)]
-    return float(torch.sqrt(sum(((end[k].float() - start[k].float()) ** 2).sum() for k in keys)))
-
-
 def _train_loss(cfg, weights, cifar) -> float:
-    runtime = resolve_runtime(cfg)
-    model = runtime.prepare(model_spec(cfg).build())
-    images, labels = cifar.train_x[:256], cifar.train_y[:256]
-    return eval_counts(model, weights, images, labels, runtime, 256, fold_bn=False).scores()["loss"]
+    return loss_on(cfg, weights, cifar.train_x[:256], cifar.train_y[:256])
 
 
 @pytest.fixture(scope="module")
 def fedavg_step(tmp_path_factory, cifar) -> float:
     _, start, end = _first_round(tmp_path_factory.mktemp("fedavg"), cifar, "fedavg")
-    return _step(start, end)
+    return weight_step(start, end)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_the_default_of_every_strategy_moves_the_weights_and_lowers_the_loss(tmp_path, cifar, fedavg_step, name):
     cfg, start, end = _first_round(tmp_path, cifar, name)
-    ratio = _step(start, end) / fedavg_step
+    ratio = weight_step(start, end) / fedavg_step
     assert ratio >= MIN_RATIO, f"{name}'s default moved round 1 by {ratio:.3f} of FedAvg's step"
     assert _train_loss(cfg, end, cifar) < _train_loss(cfg, start, cifar)
