@@ -131,11 +131,13 @@ def test_scaffold_and_fedbn_state_stays_on_the_nodes_across_rounds(federation, t
 
 
 def test_a_supernode_killed_mid_run_is_a_failure_and_the_run_goes_on(federation, tmp_path):
-    cfg = _cfg(rounds=3, min_fit_clients=1, round_timeout=20)
+    # round_timeout bounds how long round 2 waits for the dead node; it must also cover round 1's
+    # cold start (a fresh ClientApp process per run) on a loaded 2-core machine, which 20 s did not.
+    cfg = _cfg(rounds=3, min_fit_clients=1, round_timeout=45)
     victim = next(c for c in uniform(3, 2, cfg.seed, 2) if c in uniform(3, 2, cfg.seed, 3))
     out = tmp_path / "run"
     data_dir = os.environ.get("FEDCIFAR_DATA_DIR", "")
-    overrides = _overrides(rounds=3, min_fit_clients=1, round_timeout=20)
+    overrides = _overrides(rounds=3, min_fit_clients=1, round_timeout=45)
     federation.submit(
         APP, {"preset": "paper-cpu", "overrides": overrides, "out": str(out), "data-dir": data_dir}, stream=False
     )
@@ -154,6 +156,6 @@ def test_a_supernode_killed_mid_run_is_a_failure_and_the_run_goes_on(federation,
             f.split(":")[0] for f in str(frame["failures"].iloc[r - 1]).split("; ") if ":" in f
         ]
         assert sorted(map(int, chosen)) == uniform(3, 2, cfg.seed, r)
-    assert frame["clients_failed"].iloc[0] == 0
+    assert frame["clients_failed"].iloc[0] == 0, frame["failures"].iloc[0]
     assert frame["clients_failed"].iloc[1] >= 1 and str(victim) in str(frame["failures"].iloc[1])
     assert frame["clients"].iloc[1].split() and str(victim) not in str(frame["clients"].iloc[1]).split()

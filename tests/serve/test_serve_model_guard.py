@@ -116,8 +116,9 @@ def test_a_nan_round_never_reaches_a_request(exporter, fake_labels, tmp_path):
     path = exporter(tmp_path, round_=1, arch=SMALL)
     settings = ServeSettings(run_dir=tmp_path, labels=fake_labels, precision="fp32", reload_interval=0.05)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        exporter(tmp_path, seed=1, round_=2, arch=SMALL)
-        damage(path, poison=float("nan"))
+        staged = exporter(tmp_path / "staging", seed=1, round_=2, arch=SMALL)
+        damage(staged, poison=float("nan"))  # poisoned before it lands: the watcher never sees a good round 2
+        staged.replace(path)
         deadline = time.monotonic() + 30
         while client.get("/api/model").json()["last_error"] is None:
             assert time.monotonic() < deadline, "the NaN model file was never looked at"
