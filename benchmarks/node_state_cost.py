@@ -19,7 +19,7 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
 
-from fedcifar.client.hooks import batchnorm_keys
+from fedcifar.model.spec import batchnorm_keys
 from fedcifar.flower import codec
 from fedcifar.model import build_model
 

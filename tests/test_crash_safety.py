@@ -31,7 +31,7 @@ from helpers import set_args, tiny, wait_for
 
 ROUNDS = 3
 TINY = ["--preset", "smoke", *set_args(tiny(rounds=ROUNDS, eval_limit=100, workers=1)), "--quiet", "--no-download"]
-KILLS = {"any instant": 8, "round 1, before any checkpoint": 6, "during a checkpoint write": 6}
+KILLS = {"any instant": 3, "round 1, before any checkpoint": 3, "during a checkpoint write": 3}
 DETERMINISTIC = ["round", "train_loss", "train_acc", "test_loss", "test_acc", "num_examples", "clients"]
 
 
@@ -220,7 +220,7 @@ def _kill_at(kind: str, run_dir: Path, rng: np.random.Generator, total: float, r
         assert proc.exitcode != 0 and any(n.startswith(ckpt_tmp) for n in _temps(run_dir)), "killed mid-write"
 
 
-def test_sigkill_at_20_random_instants_then_auto_resume_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
+def test_sigkill_at_9_random_instants_then_auto_resume_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
     # The forkserver starts with the next Process; it imports its preloads from PYTHONPATH only.
     tests_dir = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])))

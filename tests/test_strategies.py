@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedcifar.client.hooks import batchnorm_keys
 from fedcifar.config import build_config
 from fedcifar.messages import CONTROL_DELTA, ClientResult
 from fedcifar.model.resnet import build_model
+from fedcifar.model.spec import batchnorm_keys
 from fedcifar.strategy.aggregate import apply_update, pseudo_gradient
 from fedcifar.strategy.base import FitRound
 from fedcifar.strategy.fedavg import FedAvg
@@ -336,6 +336,30 @@ def test_fedbn_tells_every_client_to_keep_its_bn_layers_and_aggregates_through_t
     plain = aggregate(FedAvg(), 1, x, results)
     assert all(torch.equal(new[k], plain[k]) for k in x)  # the global model: the inner aggregate, BN included
     assert strategy.state_dict() == ({}, {})  # no client's layers on the server
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "scaffold", "feddyn", "fedexp"])
+def test_under_fedbn_server_steps_leave_the_local_bn_layers_out(name):
+    """No client trained FedBN's layers from the global values, so they take the inner mean and
+    never enter a server step or the server's state (Adam at lr 10 would move them far)."""
+    extra = {"server_lr": 10.0, "server_momentum": 0.9, "feddyn_alpha": 0.5, "client_weighting": "uniform"}
+    strategy = build_strategy(build_config("paper", None, {"strategy": name, "norm": "fedbn", **extra}))
+    strategy.setup(Population(np.full(4, 10), np.eye(4, dtype=np.int64) * 10))
+    x = _global()
+    for rnd in range(1, 4):
+        strategy.configure_fit(rnd, [0, 1, 2, 3])
+        results = _results(x, [10] * 4, seed=rnd)  # four clients apart: FedExP's step exceeds 1
+        if name == "scaffold":  # what a FedBN client sends: no control variate for its own layers
+            for r in results:
+                r.extras[CONTROL_DELTA] = {"conv.weight": torch.ones(3)}
+        x = aggregate(strategy, rnd, x, results)
+        for k in ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"):
+            mean = np.mean([_np(r.weights[k]) for r in results], axis=0)
+            np.testing.assert_allclose(_np(x[k]), mean, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k} round {rnd}")
+        mean = np.mean([_np(r.weights["conv.weight"]) for r in results], axis=0)
+        assert np.abs(_np(x["conv.weight"]) - mean).max() > 1e-3, name  # the trained layer did get the step
+    tensors, _ = strategy.state_dict()
+    assert bool(tensors) == (name != "fedexp") and not [k for k in tensors if "bn." in k], sorted(tensors)
 
 
 # --- every strategy survives a checkpoint round-trip ------------------------------------------

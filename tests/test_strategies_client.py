@@ -184,3 +184,22 @@ def test_client_state_keys_are_the_same_with_and_without_torch_compile():
     for name in ("control", "feddyn_grad"):
         assert set(plain.state[name]) == set(compiled.state[name]) == {"1.weight", "1.bias"}
     assert set(compiled.extras["control_delta"]) == {"1.weight", "1.bias"}
+
+
+def test_under_fedbn_no_hook_acts_on_the_local_bn_layers():
+    """FedBN's layers are the client's own: SCAFFOLD's c_i and Δc_i and FedDyn's g_k leave them
+    out, and with lr 0 the FedProx/FedDyn/SCAFFOLD terms cannot move them (they would pull the
+    client's own layers toward values no client trained them from)."""
+    images, labels = _data()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(CLASSES))
+    model(torch.zeros(2, 3, 32, 32))
+    start = read_weights(model)
+    own = {k: v + 3 for k, v in start.items() if k.startswith("1.")}
+    c = {k: torch.ones_like(v) for k, v in start.items() if v.is_floating_point()}
+    kw = dict(steps=2, lr=0.05, control_server=c, feddyn_alpha=0.1, proximal_mu=0.5, local_bn=True)
+    res = train_client(model, start, images, labels, _instructions(**kw), CPU, state={"local": own})
+    trained = {"0.weight", "0.bias", "3.weight", "3.bias"}
+    assert set(res.state["control"]) == set(res.extras["control_delta"]) == set(res.state["feddyn_grad"]) == trained
+    # Without local_bn the same hooks cover the BatchNorm parameters too.
+    plain = train_client(model, start, images, labels, _instructions(**{**kw, "local_bn": False}), CPU)
+    assert set(plain.extras["control_delta"]) == trained | {"1.weight", "1.bias"}

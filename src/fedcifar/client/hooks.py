@@ -19,7 +19,9 @@
   trained ones. A client new to training starts from the global layers.
 
 w_start is the weights the client started from: the global model, with FedBN's local
-layers overlaid when those are in use.
+layers overlaid when those are in use. No hook acts on the local layers (``local``, the
+parameters of FedBN's BatchNorm layers): they are the client's own, never trained from global
+values, so they get no proximal pull, no control variate and no FedDyn term.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from fedcifar.messages import CONTROL, CONTROL_DELTA, DYN_GRAD, LOCAL, ClientState, Weights
+from fedcifar.model.spec import batchnorm_keys
 
 
 def _per_param(named: list[tuple[str, torch.Tensor]], given: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -52,10 +55,12 @@ class LocalHooks:
         control_client: Mapping[str, torch.Tensor] | None = None,
         feddyn_alpha: float = 0.0,
         feddyn_grad: Mapping[str, torch.Tensor] | None = None,
+        local: Iterable[str] = (),
     ) -> None:
         if hasattr(model, "_orig_mod"):
             raise TypeError("LocalHooks needs the plain module, not a torch.compile wrapper (unwrap it)")
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        local = set(local)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n not in local]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.mu = proximal_mu
@@ -114,13 +119,6 @@ class LocalHooks:
         old = self.control_client
         delta = {k: t - old[k].to(t.device) if k in old else t for k, t in c_new.items()}
         return c_new, delta
-
-
-def batchnorm_keys(keys: Iterable[str]) -> list[str]:
-    """The state-dict entries of BatchNorm layers: every module that has a running_mean."""
-    keys = list(keys)
-    modules = {k.removesuffix("running_mean") for k in keys if k.endswith(".running_mean")}
-    return [k for k in keys if k[: k.rfind(".") + 1] in modules]
 
 
 def next_state(

@@ -24,6 +24,7 @@ from fedcifar.client.losses import FeatureTap, Objective
 from fedcifar.data.augment import Normalize, random_crop_flip
 from fedcifar.federation import NUM_CLASSES
 from fedcifar.messages import CONTROL, DYN_GRAD, LOCAL, ClientInstructions, ClientResult, ClientState, Weights
+from fedcifar.model.spec import batchnorm_keys
 from fedcifar.runtime import Runtime
 
 
@@ -189,6 +190,7 @@ def train_client(
         state.get(CONTROL),
         instructions.feddyn_alpha,
         state.get(DYN_GRAD),
+        local=batchnorm_keys(global_weights) if instructions.local_bn else (),
     )
     n = len(labels)
     objective = Objective(

@@ -7,7 +7,7 @@ Metadata is validated here before anything is built from it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +31,16 @@ def is_trained(key: str, tensor: Tensor) -> bool:
     paper-cpu 11-48 against 3-4 in L2 norm), so over every float entry they would hide an attacker.
     """
     return tensor.is_floating_point() and not is_statistic(key)
+
+
+def batchnorm_keys(keys: Iterable[str]) -> list[str]:
+    """The state-dict entries of BatchNorm layers: every module that has a running_mean.
+
+    FedBN's local layers (weight, bias, running statistics, counter), which each client keeps.
+    """
+    keys = list(keys)
+    modules = {k.removesuffix("running_mean") for k in keys if k.endswith(".running_mean")}
+    return [k for k in keys if k[: k.rfind(".") + 1] in modules]
 
 
 # Files written before the `model` key existed name ResNet-18 this way.

@@ -8,7 +8,7 @@ aggregate keeps the largest client value, in the original integer dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 
@@ -99,14 +99,21 @@ def weighted_mean(states: Iterable[Mapping[str, torch.Tensor]], factors: Iterabl
     return acc.result(like=first)
 
 
-def pseudo_gradient(global_weights: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor]) -> Weights:
+def pseudo_gradient(
+    global_weights: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor], local: Collection[str] = ()
+) -> Weights:
     """Δ = mean - x over trained parameters only (Reddi et al. 2021 use this sign: x + ηΔ).
 
     Running statistics are left out on purpose: a server optimizer would move them by
     steps unrelated to the data (Adam could even make a variance negative), so they take
-    the clients' mean directly in :func:`apply_update`.
+    the clients' mean directly in :func:`apply_update`. So are the ``local`` keys (FedBN's
+    BatchNorm layers): no client trained them from x, so mean - x is no update of anything.
     """
-    return {k: mean[k].float() - global_weights[k].float() for k in mean if is_float(mean[k]) and not is_statistic(k)}
+    return {
+        k: mean[k].float() - global_weights[k].float()
+        for k in mean
+        if is_float(mean[k]) and not is_statistic(k) and k not in local
+    }
 
 
 def apply_update(

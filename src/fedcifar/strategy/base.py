@@ -42,6 +42,7 @@ class FitRound:
     factors: Mapping[int, float] | None = None  # aggregation factor per client; None: num_examples
     failures: list[ClientFailure] = field(default_factory=list)  # complete once the results are consumed
     metrics: dict[str, float] = field(default_factory=dict)  # the strategy's own numbers, into the round's row
+    local_keys: frozenset[str] = frozenset()  # entries each client keeps (FedBN's layers): no server step on them
 
     def factor(self, result: ClientResult) -> float:
         """How much ``result`` counts in the round's weighted mean (before normalisation)."""

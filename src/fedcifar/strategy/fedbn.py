@@ -6,7 +6,10 @@ A wrapper around any strategy. It only tells every client to keep its own BatchN
 BatchNorm layers (weight, bias, running statistics, counter) overlaid, a client new to
 training from the global ones, and each keeps its trained layers for the next time (see
 :mod:`fedcifar.client.hooks`). The server holds no client's layers. Everything else is the
-wrapped strategy's business; it still aggregates every entry, BatchNorm included.
+wrapped strategy's business, told through ``FitRound.local_keys`` which entries are local: it
+takes their plain aggregate and leaves them out of every server step (FedOpt's pseudo-gradient,
+SCAFFOLD's and FedDyn's server state, FedExP's norms), since no client trained them from the
+global values. The clients leave them out of their control variates and FedDyn and FedProx terms.
 
 Evaluation policy. The global test set has no client, so FedBN's own evaluation (each
 client on its own test split, with its own BN) has no counterpart here. What we evaluate,
@@ -17,12 +20,14 @@ No client ever trains from those averaged layers once it has its own.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
 from fedcifar.messages import ClientResult, Weights
+from fedcifar.model.spec import batchnorm_keys
 from fedcifar.strategy.base import FitConfig, FitRound, Strategy, add_to_config
 from fedcifar.strategy.population import Population
 
@@ -40,7 +45,8 @@ class FedBN(Strategy):
         return add_to_config(self.inner.configure_fit(server_round, client_ids), client_ids, local_bn=True)
 
     def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
-        return self.inner.aggregate_fit(fit_round, results)
+        local = frozenset(batchnorm_keys(fit_round.global_weights))
+        return self.inner.aggregate_fit(dataclasses.replace(fit_round, local_keys=local), results)
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         return self.inner.state_dict()

@@ -53,7 +53,7 @@ class FedDyn(Strategy):
         for res in results:
             acc.add(res.weights, 1.0)
         mean = acc.result(like=fit_round.global_weights)
-        delta = pseudo_gradient(fit_round.global_weights, mean)
+        delta = pseudo_gradient(fit_round.global_weights, mean, fit_round.local_keys)
         update, self.h = feddyn_server_step(self.h, delta, self.alpha, acc.count / self.num_clients)
         return apply_update(fit_round.global_weights, mean, update)
 

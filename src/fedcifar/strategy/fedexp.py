@@ -46,9 +46,11 @@ class FedExP(Strategy):
         for res in results:
             factor = fit_round.factor(res)
             acc.add(res.weights, factor)
-            sq_sum += factor * squared_norm(pseudo_gradient(fit_round.global_weights, res.weights))
+            sq_sum += factor * squared_norm(
+                pseudo_gradient(fit_round.global_weights, res.weights, fit_round.local_keys)
+            )
         mean = acc.result(like=fit_round.global_weights)
-        delta = pseudo_gradient(fit_round.global_weights, mean)
+        delta = pseudo_gradient(fit_round.global_weights, mean, fit_round.local_keys)
         step = fedexp_step_size(sq_sum / acc.total, squared_norm(delta), self.epsilon)
         fit_round.metrics["server_step"] = step
         return apply_update(fit_round.global_weights, mean, {k: step * d for k, d in delta.items()})

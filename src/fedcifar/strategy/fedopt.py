@@ -86,7 +86,7 @@ class FedOpt(FedAvg):
 
     def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
         mean = super().aggregate_fit(fit_round, results)
-        update = self.server_step(pseudo_gradient(fit_round.global_weights, mean))
+        update = self.server_step(pseudo_gradient(fit_round.global_weights, mean, fit_round.local_keys))
         return apply_update(fit_round.global_weights, mean, update)
 
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:

@@ -52,7 +52,7 @@ class Scaffold(FedAvg):
                 dc = dc.float()
                 dc_sum[k] = dc if k not in dc_sum else dc_sum[k] + dc
         mean = acc.result(like=global_weights)
-        update = {k: self.server_lr * d for k, d in pseudo_gradient(global_weights, mean).items()}
+        update = {k: self.server_lr * d for k, d in pseudo_gradient(global_weights, mean, fit_round.local_keys).items()}
         self.c = {
             k: (self.c[k] + d / self.num_clients if k in self.c else d / self.num_clients) for k, d in dc_sum.items()
         }
