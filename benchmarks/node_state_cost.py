@@ -19,9 +19,9 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
 
-from fedcifar.model.spec import batchnorm_keys
 from fedcifar.flower import codec
 from fedcifar.model import build_model
+from fedcifar.model.spec import batchnorm_keys
 
 
 def scaffold_fedbn_state(arch: str) -> dict[str, dict[str, torch.Tensor]]:
