@@ -126,8 +126,8 @@ def test_simulate_writes_a_complete_run_on_loopback_that_equals_the_local_one(tm
         assert sorted(map(int, str(frame["clients"].iloc[r - 1]).split())) == uniform(4, 2, cfg.seed, r)
 
     # Round 1 through the local backend: the same clients and bit-identical client updates (fp32,
-    # one thread per client, in a Ray actor or a worker thread); the aggregate differs only by the
-    # order of summation (float32 rounding), so the test metrics agree to 1e-5.
+    # one thread per client, in a Ray actor or a worker thread), folded in the same order; the
+    # test metrics come from one server process against sharded workers, so they agree to 1e-5.
     local = run_training(
         build_config("paper-cpu", None, {**FLOWER, "rounds": 1}), tmp_path / "local", cifar, progress=False
     )

@@ -202,3 +202,38 @@ def test_a_result_claiming_more_examples_than_registered_is_refused_not_weighted
     torch.testing.assert_close(load_checkpoint(tmp_path).weights["w"], torch.full((2,), expected))
     inflated = [row.failures for row, ids in zip(frame.itertuples(), backend.rounds, strict=True) if 1 in ids[:-1]]
     assert inflated and all("1: reported 1000000000 training examples, 20 are registered" in f for f in inflated)
+
+
+class ShuffledBackend(FailingBackend):
+    """Like FailingBackend, with the round's results and failure in a random order (Flower's arrival)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.rng = np.random.default_rng(seed)
+
+    def fit(self, server_round, global_weights, tasks):
+        items = list(super().fit(server_round, global_weights, tasks))
+        yield from (items[i] for i in self.rng.permutation(len(items)))
+
+
+def test_the_strategy_folds_results_in_one_order_whatever_order_they_arrive_in(tmp_path):
+    """Largest registered client first: a float32 sum then gives the same bits on both backends."""
+    weights = []
+    for seed in range(4):
+        seen: list[list[int]] = []
+        fed, run = _federation(tmp_path / str(seed), ShuffledBackend(seed), min_fit_clients=3)
+        fold = fed.strategy.aggregate_fit
+
+        def recording(fit_round, results, fold=fold, seen=seen):
+            results = list(results)
+            seen.append([r.client_id for r in results])
+            return fold(fit_round, iter(results))
+
+        fed.strategy.aggregate_fit = recording
+        start = {"w": torch.tensor([0.1, 1e-3, 7.0])}  # sums whose float32 rounding depends on the order
+        frame = run_rounds(fed, run, start, progress=False)
+        weights.append(load_checkpoint(tmp_path / str(seed)).weights["w"])
+        for ids, folded, row in zip(fed.backend.rounds, seen, frame.itertuples(), strict=True):
+            order = sorted(sorted(ids)[:-1], key=lambda c: -SIZES[c])
+            assert folded == order and row.clients == " ".join(map(str, order))
+    assert all(torch.equal(w, weights[0]) for w in weights)

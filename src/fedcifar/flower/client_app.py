@@ -17,6 +17,7 @@ resumed run has a new run id). A failed update leaves it as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -24,6 +25,7 @@ import torch
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcifar.calibrate import resolve_runtime
 from fedcifar.client.evaluate import eval_counts
 from fedcifar.client.train import train_client
 from fedcifar.config import Config
@@ -34,7 +36,7 @@ from fedcifar.federation import NUM_CLASSES, loss_sample, model_spec
 from fedcifar.flower import codec
 from fedcifar.flower.procs import process_start_unix
 from fedcifar.messages import ClientState
-from fedcifar.runtime import Runtime, resolve_runtime
+from fedcifar.runtime import Runtime
 
 log = logging.getLogger("fedcifar.flower")
 CLIENT_ERROR = 1  # Error.code of a reply whose client could not do its part (reason: one line)
@@ -67,8 +69,15 @@ def node_client(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
 
 
 def client_runtime(cfg: Config) -> Runtime:
-    """One client per process: one worker, with the config's precision, layout and threads."""
-    runtime = resolve_runtime(cfg.replace(workers=1, compile="off"))
+    """One client per process, trained as a simulated client of ``cfg`` would be on this machine.
+
+    The same intra-op threads as one of the simulator's workers (on a 2-core CPU with 16 clients
+    a round: 2 workers x 1 thread, so 1 thread here, not the 2 a lone process would take) and the
+    same precision (bf16 autocast where the static rule or this machine's cached calibration picks
+    it): thread count and precision change the float results. No torch.compile: every message is
+    a new process, which would pay the warm-up each time.
+    """
+    runtime = dataclasses.replace(resolve_runtime(cfg.replace(compile="off")), workers=1)
     runtime.apply_global_settings()
     return runtime
 

@@ -14,11 +14,13 @@ run here picks the same clients as the same config in the simulator.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedcifar.calibrate import resolve_runtime as calibrated_runtime
 from fedcifar.config import build_config, parse_overrides
 from fedcifar.data.cifar100 import load_cifar100
 from fedcifar.federation import partition_for
@@ -38,7 +40,9 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(rc["out"]))
     resume = bool(rc.get("resume", False))
     data = load_cifar100(str(rc.get("data-dir", "")) or None, download=False)
-    runtime = resolve_runtime(cfg.replace(workers=1))
+    # One process evaluates on every core, in the precision a simulated run of cfg takes here.
+    precision = calibrated_runtime(cfg.replace(compile="off")).amp_dtype  # bf16 or not: as the simulator picks
+    runtime = dataclasses.replace(resolve_runtime(cfg.replace(workers=1)), amp_dtype=precision)
     runtime.apply_global_settings()
     backend = FlowerBackend(grid, cfg, data.test_x, data.test_y, runtime)
     labels = data.train_y.numpy()

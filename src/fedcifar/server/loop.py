@@ -93,49 +93,79 @@ def screen_result(
     return result
 
 
+def fold_order(clients: Sequence[int], sizes: Sequence[int]) -> list[int]:
+    """The order results reach the strategy: largest registered client first, ties in selection order.
+
+    The local backend trains in this order (LPT scheduling), so its results arrive in it.
+    """
+    return sorted(clients, key=lambda c: -int(sizes[c]))
+
+
 class _Arrivals:
-    """Hands screened results to the strategy as they arrive; keeps their metrics and the failures."""
+    """Hands screened results to the strategy in ``order``; keeps their metrics and the failures.
+
+    Results are screened and counted as they arrive, but one that lands before a client earlier
+    in ``order`` is held until that client's result or failure is in. So the strategy folds the
+    same results in the same order whatever the arrival order (on Flower: who finished first),
+    and float sums, ties and tie-breaks come out the same on both backends. The cost: on Flower,
+    up to ``clients_per_round - 1`` results held at once, each one model's weights.
+    """
 
     def __init__(
         self,
         fit_round: FitRound,
-        total: int,
+        order: Sequence[int],
         on_progress: Callable[[int, int, int, int], None],
         screen: Callable[[ClientResult], ClientResult | ClientFailure],
         keep_statistics: bool = False,
     ):
         self.keep_statistics = keep_statistics
         self.fit_round = fit_round
+        self.order = list(order)
         self.screen = screen
-        self.total = total
+        self.total = len(self.order)
         self.statistics: list[Weights] = []  # each kept result's running statistics, with keep_statistics
-        self.kept: list[ClientResult] = []
+        self.kept: list[ClientResult] = []  # in fold order
         self.on_progress = on_progress
+        self.arrived = 0
         self.images = 0
         self.waited = 0.0  # seconds spent waiting for the backend
         self.exhausted = False
 
     def __call__(self, items: Iterator[ClientResult | ClientFailure]) -> Iterator[ClientResult]:
         self.on_progress(0, 0, self.total, 0)
+        held: dict[int, ClientResult] = {}
+        done: set[int] = set()  # clients whose result or failure is in
+        position = 0
         while True:
             t0 = time.perf_counter()
             item = next(items, None)
             self.waited += time.perf_counter() - t0
             if item is None:
-                self.exhausted = True
-                return
+                break
             if isinstance(item, ClientResult):
                 item = self.screen(item)
+            done.add(item.client_id)
             if isinstance(item, ClientFailure):
                 self.fit_round.failures.append(item)
             else:
-                self.kept.append(item.without_weights())
-                if self.keep_statistics:
-                    self.statistics.append(statistics_of(item.weights))
+                held[item.client_id] = item
+                self.arrived += 1
                 self.images += int(item.metrics.get("images", 0))
-            self.on_progress(len(self.kept), len(self.fit_round.failures), self.total, self.images)
-            if isinstance(item, ClientResult):
-                yield item
+            self.on_progress(self.arrived, len(self.fit_round.failures), self.total, self.images)
+            while position < len(self.order) and self.order[position] in done:
+                if (result := held.pop(self.order[position], None)) is not None:
+                    yield self._release(result)
+                position += 1
+        for result in held.values():  # a client the order did not name: after the others
+            yield self._release(result)
+        self.exhausted = True
+
+    def _release(self, result: ClientResult) -> ClientResult:
+        self.kept.append(result.without_weights())
+        if self.keep_statistics:
+            self.statistics.append(statistics_of(result.weights))
+        return result
 
 
 def fit_round(
@@ -151,7 +181,8 @@ def fit_round(
     fit = FitRound(server_round, global_weights, factors)
     # Under clip_norm the statistics, which no norm bounds, take the clients' median (a few KB each).
     screen = partial(screen_result, server.cfg, global_weights, server.population)
-    arrivals = _Arrivals(fit, len(tasks), on_progress, screen, keep_statistics=server.cfg.clip_norm > 0)
+    order = fold_order(clients, server.population.sizes)
+    arrivals = _Arrivals(fit, order, on_progress, screen, keep_statistics=server.cfg.clip_norm > 0)
     try:
         new_weights = strategy.aggregate_fit(fit, arrivals(server.backend.fit(server_round, global_weights, tasks)))
         if arrivals.statistics:

@@ -3,10 +3,13 @@
 The whole dataset sits on the device once; a client's data is an index tensor into it.
 Clients of a round are submitted largest first (see :func:`largest_first`) to a
 :class:`~fedcifar.sim.executor.ModelPool` of one model per worker, and their results come
-back in submission order, so which worker finishes first never changes the aggregate: on CPU,
-a run of this backend is bit-for-bit reproducible whatever the timing. That holds neither on
-CUDA (cuDNN's autotuned kernels are not deterministic) nor on the Flower backend, whose
-results come in arrival order and whose nodes train in their own processes. A client
+back in submission order, the order the round loop folds them in (``fold_order``), so which
+worker finishes first never changes the aggregate: on CPU, a run of this backend is bit-for-bit
+reproducible whatever the timing. Not on CUDA (cuDNN's autotuned kernels are not
+deterministic). The Flower backend's nodes train in their own processes with the same thread
+layout and precision; the loop holds back its early arrivals, so a loopback federation on the
+same machine gives the same bits (tests/test_flower_federation.py), nodes on other hardware
+need not. A client
 whose update raises, or has not finished ``round_timeout`` seconds into the round, is reported
 as a failure, with its reason, and the round goes on.
 

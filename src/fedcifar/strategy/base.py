@@ -5,8 +5,8 @@ about its clients, then, each round:
 
 1. ``configure_fit(server_round, client_ids)``: extra per-client instructions, as
    :class:`~fedcifar.messages.ClientInstructions` keyword arguments;
-2. ``aggregate_fit(fit_round, results)``: fold the results that arrive (an iterator, in the
-   order the backend yields them: submission order locally, arrival order on Flower) into new
+2. ``aggregate_fit(fit_round, results)``: fold the results (an iterator, in one order on
+   every backend: largest registered client first, whatever the arrival order) into new
    global weights. ``fit_round`` carries the round's global weights, each client's
    aggregation factor and the round's failures; what the strategy puts in its ``metrics``
    (FedExP's step size) becomes columns of the round's row in ``metrics.csv``.
