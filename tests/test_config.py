@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from fedcifar.config import PRESETS, Config, ConfigError, build_config, config_from_dict, parse_overrides
 
@@ -95,3 +96,26 @@ def test_keys_the_run_does_not_read_are_named():
     cfg = build_config("paper", None, {"strategy": "fedadam", "server_momentum": 0.5, "disco_a": 1.0, "tau": 0.2})
     assert unused_keys(cfg) == ["server_momentum=0.5", "disco_a=1.0"]
     assert unused_keys(build_config("paper")) == []
+
+
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"])
+def test_config_yaml_names_the_default_a_zero_server_lr_or_tau_stands_for(tmp_path, strategy):
+    from fedcifar.config import STRATEGY_DEFAULTS, save_yaml
+    from fedcifar.strategy.registry import build_strategy
+
+    cfg = build_config("paper", None, {"strategy": strategy})
+    built = build_strategy(cfg)
+    save_yaml(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    for key in ("server_lr", "tau"):
+        if strategy not in STRATEGY_DEFAULTS[key]:
+            assert f"{key}: 0.0\n" in text
+            continue
+        value = STRATEGY_DEFAULTS[key][strategy]
+        assert f"{key}: 0.0  # 0 = {strategy}'s default: {value:g}\n" in text
+        assert getattr(built, key) == value  # what the strategy runs with is what the file says
+    assert config_from_dict(yaml.safe_load(text)) == cfg  # the comment changes nothing on reload
+    explicit = cfg.replace(server_lr=0.3)
+    save_yaml(explicit, tmp_path / "explicit.yaml")
+    assert "server_lr: 0.3\n" in (tmp_path / "explicit.yaml").read_text()
+    assert build_strategy(explicit).server_lr == 0.3

@@ -98,9 +98,8 @@ class Config:
     client_selection: ClientSelection = "uniform"
     client_weighting: ClientWeighting = "num_examples"
     proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
-    # server_lr and tau: 0 = the strategy's default, Reddi et al. 2021's best on CIFAR-100: server_lr
-    # 1 (fedavgm, fedadam, fedyogi, scaffold) or 0.1 (fedadagrad); tau 0.1 (fedadam, fedyogi) or 0.01
-    # (fedadagrad). docs/strategies.md lists every default with its source.
+    # server_lr and tau: 0 = the strategy's default (STRATEGY_DEFAULTS below; config.yaml names it).
+    # docs/strategies.md lists every default with its source.
     server_lr: float = 0.0  # fedavgm, fedadam/yogi/adagrad, scaffold
     server_momentum: float = 0.9  # fedavgm (Hsu et al. 2019; Reddi et al. 2021)
     beta1: float = 0.9  # fedadam, fedyogi, fedadagrad (Reddi et al. 2021)
@@ -276,7 +275,13 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """``cfg`` as YAML; a 0 that stands for a strategy's default says which value it is."""
+    lines = yaml.safe_dump(cfg.to_dict(), sort_keys=False).splitlines()
+    for i, line in enumerate(lines):
+        key = line.partition(":")[0]
+        if key in STRATEGY_DEFAULTS and getattr(cfg, key) == 0 and cfg.strategy in STRATEGY_DEFAULTS[key]:
+            lines[i] = f"{line}  # 0 = {cfg.strategy}'s default: {effective(cfg, key):g}"
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], None]) -> None:
@@ -356,6 +361,21 @@ USED_WHEN: dict[str, typing.Callable[[Config], bool]] = {
     "attack_fraction": lambda c: c.attack != "none",
     "attack_scale": lambda c: c.attack != "none",
 }
+
+
+# What server_lr = 0 and tau = 0 stand for, per strategy: Reddi et al. 2021's best on CIFAR-100
+# (google-research/federated, optimization/docs/hyperparameters.md). config.yaml names the value
+# next to the 0 (see save_yaml); build_strategy passes it on (tests check both agree).
+STRATEGY_DEFAULTS: dict[str, dict[str, float]] = {
+    "server_lr": {"fedavgm": 1.0, "fedadam": 1.0, "fedyogi": 1.0, "fedadagrad": 0.1, "scaffold": 1.0},
+    "tau": {"fedadam": 0.1, "fedyogi": 0.1, "fedadagrad": 0.01},
+}
+
+
+def effective(cfg: Config, key: str) -> float:
+    """``cfg.<key>``, or the strategy's default when it is 0 (``server_lr``, ``tau``)."""
+    value = getattr(cfg, key)
+    return value or STRATEGY_DEFAULTS[key].get(cfg.strategy, value)
 
 
 def unused_keys(cfg: Config) -> list[str]:

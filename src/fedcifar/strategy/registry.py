@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fedcifar.config import effective
 from fedcifar.strategy import selection
 from fedcifar.strategy.base import Strategy
 from fedcifar.strategy.fedavg import FedAvg
@@ -22,17 +23,17 @@ def _weighting(cfg) -> Weighting:
 
 
 def _adaptive(cls):
-    return lambda cfg: cls(cfg.server_lr, cfg.beta1, cfg.beta2, cfg.tau, _weighting(cfg))
+    return lambda cfg: cls(effective(cfg, "server_lr"), cfg.beta1, cfg.beta2, effective(cfg, "tau"), _weighting(cfg))
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": lambda cfg: FedAvg(_weighting(cfg)),
     "fedprox": lambda cfg: FedProx(cfg.proximal_mu, _weighting(cfg)),
-    "fedavgm": lambda cfg: FedAvgM(cfg.server_lr, cfg.server_momentum, _weighting(cfg)),
+    "fedavgm": lambda cfg: FedAvgM(effective(cfg, "server_lr"), cfg.server_momentum, _weighting(cfg)),
     "fedadam": _adaptive(FedAdam),
     "fedyogi": _adaptive(FedYogi),
     "fedadagrad": _adaptive(FedAdagrad),
-    "scaffold": lambda cfg: Scaffold(cfg.num_clients, cfg.server_lr, _weighting(cfg)),
+    "scaffold": lambda cfg: Scaffold(cfg.num_clients, effective(cfg, "server_lr"), _weighting(cfg)),
     "feddyn": lambda cfg: FedDyn(cfg.num_clients, cfg.feddyn_alpha),
     "fedexp": lambda cfg: FedExP(cfg.fedexp_epsilon, _weighting(cfg)),
     "median": lambda cfg: Median(_weighting(cfg)),
