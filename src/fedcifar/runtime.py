@@ -39,7 +39,7 @@ class Runtime:
 
     @property
     def fused_optimizer(self) -> bool:
-        """Fused Adam/SGD: one kernel over all parameters; ~10 % more images/s on this CPU."""
+        """Fused Adam/SGD: one kernel over all parameters (its speed-up: docs/performance.md)."""
         return self.device.type in ("cpu", "cuda")
 
     @property

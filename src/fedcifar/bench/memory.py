@@ -72,8 +72,8 @@ class Peak:
 class TreeSampler:
     """Samples a process tree's memory every ``interval`` seconds until stopped.
 
-    Reading smaps_rollup walks the page tables of a process, so sampling is not free: at 0.25 s
-    it took a fifth of a core from the measured child; at 1 s it costs about 2 %.
+    Reading smaps_rollup walks the page tables of a process, so sampling is not free: it takes CPU
+    from the measured child, less the longer the interval (1 s by default; docs/benchmark.md).
     """
 
     def __init__(self, root: int, interval: float = 1.0) -> None:
