@@ -138,7 +138,7 @@ def test_bench_stops_at_once_without_the_data(tmp_path):
 
 @pytest.mark.integration  # every implementation in its child process
 def test_tiny_bench_end_to_end(tmp_path, cifar):
-    w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
+    w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16, eval_limit=200)
     opts = BenchOptions(
         w,
         tmp_path,
@@ -289,7 +289,7 @@ def test_warm_clientapps_shorten_flowers_waits():
 
 @pytest.mark.integration  # a Flower deployment
 def test_tiny_flower_deployment_bench(tmp_path, cifar):
-    w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16)
+    w = Workload(rounds=2, clients_per_round=2, local_steps=1, batch_size=16, eval_limit=200)
     opts = BenchOptions(
         w,
         tmp_path,

@@ -24,7 +24,7 @@ SIMULATE = PEERS_DIR / "flower_app" / "simulate.py"
 
 
 def test_flower_simulation_trains_the_workloads_clients(tmp_path, cifar):
-    w = Workload(rounds=2, clients_per_round=2, local_steps=2, batch_size=16)
+    w = Workload(rounds=2, clients_per_round=2, local_steps=2, batch_size=16, eval_limit=200)
     w.save(tmp_path / "w.json")
     proc = subprocess.run(
         [sys.executable, str(SIMULATE), str(tmp_path / "w.json"), str(tmp_path / "out.json")],

@@ -68,7 +68,7 @@ def deployment_values(w: Workload, nodes: int, mean_images_per_round: float, cor
         "batch_size": w.batch_size,
         "lr": w.lr,
         "eval_every": w.rounds,  # evaluated once, at the end; excluded from seconds per round
-        "eval_limit": 1000,
+        "eval_limit": w.eval_limit,
         "workers": nodes,  # LocalBackend: one thread per client, as each SuperNode's ClientApp
         "threads_per_worker": max(1, cores // nodes),
         "compile": "off",  # a ClientApp never compiles (it lives for one message)

@@ -41,7 +41,7 @@ def engine_config(w: Workload, **overrides: Any) -> Config:
         batch_size=w.batch_size,
         lr=w.lr,
         eval_every=w.rounds,  # the engine always evaluates the last round; timed apart
-        eval_limit=1000,
+        eval_limit=w.eval_limit,
     )
     values.update(overrides)
     return build_config("paper", None, values)

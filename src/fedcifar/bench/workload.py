@@ -35,6 +35,7 @@ class Workload:
     min_partition_size: int = 10
     seed: int = 0
     data_dir: str = ""
+    eval_limit: int = 1000  # test images the engines evaluate after the last round (timed apart)
 
     def partition(self, labels: np.ndarray) -> Partition:
         return make_partition(
