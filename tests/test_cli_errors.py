@@ -100,7 +100,7 @@ def test_load_checkpoint_raises_only_checkpoint_errors(tmp_path):
     [
         (["--set", "rounds=abc"], "rounds='abc' is not an integer"),
         (["--set", "rounds=0"], "rounds must be"),
-        (["--set", "rounds=2", "--set", "lr=0.1"], "only --set rounds=N may change (got ['lr'])"),
+        (["--set", "rounds=2", "--set", "lr=0.1"], "only --set rounds=N or target_epsilon=E may change (got ['lr'])"),
         (["--config", "x.yaml"], "drop --config"),
     ],
 )

@@ -103,6 +103,34 @@ def test_a_federation_over_tls_with_default_runtime_equals_the_local_run_round_a
     assert flower.keys() == simulated.keys() and all(torch.equal(flower[k], simulated[k]) for k in flower)
 
 
+def test_client_level_dp_with_client_noise_over_the_federation_equals_the_local_run(federation, tmp_path, cifar):
+    # dp=client with dp_noise=client: each SuperNode clips its update and adds its share of the
+    # noise before the update leaves it (the codec carries dp_clip, dp_noise_std and dp_seed);
+    # the server only sums. With dp_seed set, sampling and noise are seeded, so the federation and
+    # the local run must agree bit for bit, and the noise must be there.
+    extra = dict(rounds=2, dp="client", dp_noise="client", norm="group", client_weighting="uniform")
+    extra.update(dp_clip=0.5, dp_noise_multiplier=1.0, dp_seed=4)
+    frame = _submit(federation, tmp_path / "flower", **extra)
+    local = run_training(_cfg(**extra), tmp_path / "local", cifar, progress=False)
+    assert frame["clients"].astype(str).tolist() == local["clients"].astype(str).tolist()
+    assert frame["clients_failed"].eq(0).all()
+    assert frame["dp_epsilon"].tolist() == local["dp_epsilon"].tolist() and frame["dp_epsilon"].is_monotonic_increasing
+    flower = load_file(tmp_path / "flower" / "model_global.safetensors")
+    simulated = load_file(tmp_path / "local" / "model_global.safetensors")
+    assert flower.keys() == simulated.keys() and all(torch.equal(flower[k], simulated[k]) for k in flower)
+    # Each client's sent update is within the clip before its noise; the noise on the mean has
+    # std z C / m = 0.25 per coordinate, so the model moved by far more than two clipped updates.
+    start = run_training(_cfg(**{**extra, "rounds": 1}), tmp_path / "one", cifar, progress=False)
+    assert start["dp_noise_std"].tolist() == [pytest.approx(1.0 * 0.5 / 2)]
+    moved = torch.cat(
+        [
+            (flower[k].float() - load_file(tmp_path / "one" / "model_global.safetensors")[k].float()).flatten()
+            for k in flower
+        ]
+    )
+    assert float(moved.norm()) > 10 * 0.5
+
+
 def _forgetful_local_run(cfg, out: Path, cifar) -> None:
     """``cfg`` on the local backend, its clients losing their state after every round (a SuperNode restart)."""
     runtime = resolve_runtime(cfg)

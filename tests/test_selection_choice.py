@@ -53,7 +53,8 @@ def test_selectors_take_a_context_and_power_of_choice_defaults_to_twice_k_candid
     ctx = SelectionContext(server_round=3, seed=0, k=2, sizes=np.full(10, 5), local_losses=local_losses)
     for name, select in SELECTORS.items():
         chosen = select(ctx)
-        assert len(chosen) == len(set(chosen)) == 2 and chosen == sorted(chosen), name
+        assert len(chosen) == len(set(chosen)) and chosen == sorted(chosen), name
+        assert name == "poisson" or len(chosen) == 2, name  # poisson's count varies (rate k / N)
     assert asked == [4]
     with pytest.raises(RuntimeError, match="local_losses"):
         SELECTORS["power_of_choice"](SelectionContext(1, 0, 2, np.full(4, 5)))

@@ -41,10 +41,15 @@ def _saved_federated_run(run_dir: Path):
 
 
 def _with_rounds(cfg, overrides: dict[str, str]):
-    """``cfg`` with ``--set rounds=N`` applied, checked like any --set; other keys are refused."""
-    extra = sorted(set(overrides) - {"rounds"})
+    """``cfg`` with ``--set rounds=N`` (or DP's ``target_epsilon``) applied, checked like any --set;
+    other keys are refused."""
+    from fedcifar.track.rundir import RESUMABLE_CHANGES
+
+    extra = sorted(set(overrides) - set(RESUMABLE_CHANGES))
     if extra:
-        raise UserError(f"a resumed run keeps its config; only --set rounds=N may change (got {extra})")
+        raise UserError(
+            f"a resumed run keeps its config; only --set rounds=N or target_epsilon=E may change (got {extra})"
+        )
     return config_from_dict({**cfg.to_dict(), **overrides})
 
 
@@ -52,7 +57,7 @@ def _train_plan(args: argparse.Namespace, run_dir: Path, overrides: dict[str, st
     """(config, resume) for ``fedcifar train``: a new run, or the one in ``run_dir`` continued."""
     from fedcifar.config import load_yaml
     from fedcifar.track.checkpoint import CHECKPOINT_FILE
-    from fedcifar.track.rundir import check_resumable, config_changes
+    from fedcifar.track.rundir import RESUMABLE_CHANGES, check_resumable, config_changes
 
     saved = (run_dir / CHECKPOINT_FILE).exists()
     if args.resume:
@@ -73,9 +78,11 @@ def _train_plan(args: argparse.Namespace, run_dir: Path, overrides: dict[str, st
     if not args.auto_resume:
         raise UserError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another --out")
     done, old = _saved_federated_run(run_dir)
-    changed = config_changes(old, cfg)
+    changed = config_changes(old, cfg, ignore=RESUMABLE_CHANGES)
     if changed:
-        raise UserError(f"{run_dir} holds a run of another config ({changed}); only rounds may change")
+        raise UserError(
+            f"{run_dir} holds a run of another config ({changed}); only rounds and target_epsilon may change"
+        )
     check_resumable(run_dir, done, old, cfg)
     return cfg, True
 

@@ -52,7 +52,9 @@ StrategyName = Literal[
     "bulyan",
     "geometric_median",
 ]
-ClientSelection = Literal["uniform", "size_weighted", "power_of_choice"]
+ClientSelection = Literal["uniform", "size_weighted", "power_of_choice", "poisson"]
+DP = Literal["off", "client"]
+DPNoise = Literal["server", "client"]
 FaultKind = Literal["raise", "nan", "hang"]
 Attack = Literal["none", "sign_flip", "scale", "gaussian", "label_flip", "bn_stats"]
 
@@ -123,6 +125,24 @@ class Config:
     attack: Attack = "none"  # what the malicious clients do, in their client update
     attack_fraction: float = 0.0  # fraction of the population that is malicious (a fixed set drawn from seed)
     attack_scale: float = 0.0  # strength; 0 = the attack's default (sign_flip 4, scale 10, gaussian 10, bn_stats 1e4)
+    # Differential privacy (docs/privacy.md), off by default. dp=client: client-level DP-FedAvg
+    # (McMahan et al. 2018): each update clipped to joint L2 norm dp_clip, the mean noised with
+    # std dp_noise_multiplier * dp_clip / m, on the server or split across the clients (dp_noise).
+    dp: DP = "off"
+    dp_clip: float = 1.0  # C; under adaptive clipping its value at round 1
+    dp_noise_multiplier: float = 1.0  # z: noise std over the clip norm, for the whole release
+    dp_noise: DPNoise = "server"
+    dp_clip_quantile: float = (
+        0.0  # > 0: adaptive clipping to this quantile of the update norms (Andrew et al. 2021: 0.5)
+    )
+    dp_clip_lr: float = 0.2  # adaptive clipping's geometric step (Andrew et al. 2021)
+    dp_count_noise: float = 0.0  # std of the clipped count's noise; 0 = expected clients / 20 (Andrew et al. 2021)
+    delta: float = 1e-5
+    target_epsilon: float = 0.0  # > 0: the run stops before a round would take epsilon past it
+    dp_seed: int = 0  # > 0 seeds the DP noise and sampling: for tests and studies, not private
+    poisson_rate: float = (
+        0.0  # client_selection=poisson: each client's probability q; 0 = clients_per_round / num_clients
+    )
     # evaluation
     eval_every: int = 1
     eval_limit: int = 0  # > 0 evaluates on the first N test images only (smoke/tests)
@@ -310,7 +330,7 @@ def _validate_strategy_params(cfg: Config, need: typing.Callable[[bool, str], No
     )
     need(cfg.poc_samples >= 0, "poc_samples must be >= 0")
     need(
-        cfg.client_selection == "uniform" or cfg.client_weighting != "num_examples",
+        cfg.client_selection not in ("size_weighted", "power_of_choice") or cfg.client_weighting != "num_examples",
         f"client_selection={cfg.client_selection} already samples clients by size, and its papers take a plain "
         "mean (Cho et al. 2022; Li et al. 2020): num_examples weighting would count size twice; "
         "add --set client_weighting=uniform",
@@ -358,6 +378,9 @@ USED_WHEN: dict[str, typing.Callable[[Config], bool]] = {
     "disco_a": lambda c: c.client_weighting == "feddisco",
     "disco_b": lambda c: c.client_weighting == "feddisco",
     "fault_kind": lambda c: c.fault_rate > 0,
+    "poisson_rate": lambda c: c.client_selection == "poisson",
+    **{k: (lambda c: c.dp != "off") for k in ("dp_clip", "dp_noise_multiplier", "dp_noise", "delta", "dp_seed")},
+    **{k: (lambda c: c.dp_clip_quantile > 0) for k in ("dp_clip_lr", "dp_count_noise")},
     "attack_fraction": lambda c: c.attack != "none",
     "attack_scale": lambda c: c.attack != "none",
 }
@@ -438,3 +461,69 @@ def validate(cfg: Config) -> None:
     need(cfg.threads_per_worker >= 0, "threads_per_worker must be >= 0")
     _validate_strategy_params(cfg, need)
     _validate_faults(cfg, need)
+    _validate_privacy(cfg, need)
+
+
+# The strategies that need only the mean of the updates (strategy/dp.py keeps the same list).
+DP_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
+def _validate_privacy(cfg: Config, need: typing.Callable[[bool, str], None]) -> None:
+    need(
+        0 <= cfg.poisson_rate <= 1,
+        f"poisson_rate must be in [0, 1] (0 = clients_per_round / num_clients), got {cfg.poisson_rate}",
+    )
+    need(cfg.target_epsilon >= 0, f"target_epsilon must be >= 0 (0 = no budget), got {cfg.target_epsilon}")
+    need(cfg.target_epsilon == 0 or cfg.dp != "off", "target_epsilon needs dp=client (there is no privacy to budget)")
+    if cfg.dp == "off":
+        return
+    need(cfg.dp_clip > 0, f"dp_clip must be > 0, got {cfg.dp_clip}")
+    need(
+        cfg.dp_noise_multiplier > 0,
+        f"dp_noise_multiplier must be > 0 (without noise there is no DP), got {cfg.dp_noise_multiplier}",
+    )
+    need(0 < cfg.delta < 1, f"delta must be in (0, 1), got {cfg.delta}")
+    need(
+        0 <= cfg.dp_clip_quantile < 1,
+        f"dp_clip_quantile must be in [0, 1) (0 = fixed clipping), got {cfg.dp_clip_quantile}",
+    )
+    need(cfg.dp_clip_lr > 0, f"dp_clip_lr must be > 0, got {cfg.dp_clip_lr}")
+    need(cfg.dp_count_noise >= 0, f"dp_count_noise must be >= 0, got {cfg.dp_count_noise}")
+    need(cfg.dp_seed >= 0, f"dp_seed must be >= 0 (0 = the OS's CSPRNG), got {cfg.dp_seed}")
+    why = "dp=client bounds each client's influence on an unweighted mean"
+    need(
+        cfg.strategy in DP_STRATEGIES,
+        f"{why}: strategy={cfg.strategy} looks at individual updates or sends per-client state; "
+        f"use one of {', '.join(DP_STRATEGIES)}",
+    )
+    need(
+        cfg.client_weighting == "uniform",
+        f"{why}: client_weighting={cfg.client_weighting} would scale a client's share by its data; "
+        "add --set client_weighting=uniform",
+    )
+    need(
+        cfg.client_selection in ("uniform", "poisson"),
+        f"{why}: client_selection={cfg.client_selection} picks clients by their size or loss; use uniform or poisson",
+    )
+    need(
+        cfg.norm == "group",
+        f"dp=client needs norm=group: BatchNorm's running statistics (norm={cfg.norm}) are averages of the "
+        "clients' images that the released model carries, and noise would make variances negative",
+    )
+    need(cfg.clip_norm == 0, "dp=client clips every update to dp_clip already: leave clip_norm at 0")
+    need(
+        cfg.min_fit_clients == 0,
+        "dp=client never skips a round for its number of results (that number is not private): leave min_fit_clients at 0",
+    )
+    need(
+        cfg.dp_noise == "server" or cfg.client_selection == "uniform",
+        "dp_noise=client splits the noise over a fixed number of clients: use client_selection=uniform",
+    )
+    if cfg.dp_clip_quantile > 0:
+        m = (cfg.poisson_rate or cfg.clients_per_round / cfg.num_clients) * cfg.num_clients
+        count_std = cfg.dp_count_noise or m / 20
+        need(
+            2 * count_std > cfg.dp_noise_multiplier,
+            f"adaptive clipping: the clipped count's noise {count_std:g} must exceed dp_noise_multiplier / 2 = "
+            f"{cfg.dp_noise_multiplier / 2:g} (Andrew et al. 2021); raise dp_count_noise",
+        )

@@ -43,6 +43,12 @@ class ClientInstructions:
     fedlc_tau: float = 0.0  # FedLC's logit calibration (client/losses.py); 0 = off
     feddecorr_beta: float = 0.0  # FedDecorr's decorrelation weight (client/losses.py); 0 = off
     local_bn: bool = False  # FedBN: the client trains and keeps its own BatchNorm layers
+    # Client-level DP (privacy/mechanism.py): clip the sent update to dp_clip (0 = off), add
+    # N(0, dp_noise_std²) to it and N(0, dp_count_std²) to the clipped-count report (client noise).
+    dp_clip: float = 0.0
+    dp_noise_std: float = 0.0
+    dp_count_std: float = 0.0
+    dp_seed: int = 0  # 0: noise from the OS's CSPRNG; > 0: seeded by (dp_seed, seed), not private
     # Robustness studies (client/adversary.py): an injected fault, or this client's attack.
     fault: str = ""  # "", "raise", "nan" or "hang"
     attack: str = "none"  # "none", "sign_flip", "scale", "gaussian", "label_flip" or "bn_stats"

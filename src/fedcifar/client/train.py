@@ -25,6 +25,7 @@ from fedcifar.data.augment import Normalize, random_crop_flip
 from fedcifar.federation import NUM_CLASSES
 from fedcifar.messages import CONTROL, DYN_GRAD, LOCAL, ClientInstructions, ClientResult, ClientState, Weights
 from fedcifar.model.spec import batchnorm_keys
+from fedcifar.privacy.mechanism import privatize_update
 from fedcifar.runtime import Runtime
 
 
@@ -217,6 +218,9 @@ def train_client(
     weights = read_weights(model)
     # The client keeps its honest state; only what it sends is poisoned or corrupted.
     new_state, extras = next_state(state, hooks, weights, instructions.local_bn, stats.steps, instructions.lr)
+    dp_report = {}
+    if instructions.dp_clip > 0:  # the honest client's clip (and noise); an attacker's poison comes after
+        weights, dp_report["dp_below_clip"] = privatize_update(global_weights, weights, instructions)
     if instructions.attack in MODEL_ATTACKS:
         weights = poison(global_weights, weights, instructions.attack, instructions.attack_scale, generator)
     weights = fail_after(instructions.fault, weights)
@@ -228,5 +232,6 @@ def train_client(
         "images": float(stats.images),
         "seconds": time.perf_counter() - start,
         "setup_seconds": setup,
+        **dp_report,
     }
     return ClientResult(client_id, weights, n, metrics, new_state, extras)

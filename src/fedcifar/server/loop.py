@@ -29,6 +29,7 @@ from fedcifar.client.train import read_weights
 from fedcifar.config import Config, ConfigError, unused_keys
 from fedcifar.federation import client_instructions, malicious_clients, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
+from fedcifar.privacy.noise import secure_rng
 from fedcifar.server.backend import Backend, FitTask, HoldsClientState, Validates
 from fedcifar.server.checks import clip_update, non_finite, result_problem, update_norm
 from fedcifar.server.rows import summary_line, test_row, train_row, val_row
@@ -53,7 +54,11 @@ class Server:
 
     @property
     def min_fit_clients(self) -> int:
-        return self.cfg.min_fit_clients or self.cfg.clients_per_round
+        """Fewer results skip the round. Never under DP (the count is not private); one under Poisson."""
+        cfg = self.cfg
+        if cfg.dp != "off":
+            return 0
+        return cfg.min_fit_clients or (1 if cfg.client_selection == "poisson" else cfg.clients_per_round)
 
 
 # Where checkpoints written before clients held their own state kept it (strategy.store.*,
@@ -62,11 +67,23 @@ LEGACY_CLIENT_STATE = ("store.", "fedbn.")
 
 
 def select_clients(server: Server, server_round: int, global_weights: Weights) -> list[int]:
-    """The round's clients, from the configured selector (seeded by (seed, round))."""
+    """The round's clients, from the configured selector (seeded by (seed, round)).
+
+    Under DP the draw is secret (``secure_rng``: os.urandom, or ``dp_seed``), since the
+    accountant's amplification by sampling assumes nobody can predict it from the run's seed.
+    """
     cfg = server.cfg
     losses = partial(server.backend.client_losses, server_round, global_weights)
+    rng = secure_rng(cfg.dp_seed, server_round) if cfg.dp != "off" else None
     ctx = SelectionContext(
-        server_round, cfg.seed, cfg.clients_per_round, server.population.sizes, cfg.poc_candidates, losses
+        server_round,
+        cfg.seed,
+        cfg.clients_per_round,
+        server.population.sizes,
+        cfg.poc_candidates,
+        losses,
+        cfg.poisson_rate,
+        rng,
     )
     return SELECTORS[cfg.client_selection](ctx)
 
@@ -222,6 +239,9 @@ def run_rounds(
     rounds = range(start_round + 1, cfg.rounds + 1)
     bar = tqdm(rounds, initial=start_round, total=cfg.rounds, desc="rounds", unit="round", disable=not progress)
     for server_round in bar:
+        if reason := server.strategy.stop_reason(server_round):
+            tqdm.write(f"fedcifar: {reason}", file=sys.stderr)
+            break
         t0 = time.perf_counter()
         clients = select_clients(server, server_round, global_weights)
         report = partial(run.progress, server_round)
@@ -269,6 +289,12 @@ def run_federation(
     strategy = build_strategy(cfg)
     if unused := unused_keys(cfg):
         tqdm.write(f"fedcifar: warning: this run ({cfg.strategy}) does not read {', '.join(unused)}", file=sys.stderr)
+    if cfg.dp != "off" and cfg.dp_seed:
+        tqdm.write(
+            f"fedcifar: warning: dp_seed={cfg.dp_seed} seeds the DP noise and sampling: reproducible, and not private "
+            "against anyone who knows the seed (for tests and studies only)",
+            file=sys.stderr,
+        )
     run, resumed = RunDir.open(run_dir, cfg, model_spec(cfg).to_dict(), resume, tensorboard_dir)
     if resumed.round:
         weights = {k: v.to(device) for k, v in resumed.weights.items()}

@@ -68,6 +68,10 @@ class Strategy:
         """The new global weights from the results that arrived."""
         raise NotImplementedError
 
+    def stop_reason(self, server_round: int) -> str:
+        """Why the run must end before ``server_round`` (DP's spent budget), or "" to go on."""
+        return ""
+
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         """(tensors, JSON-able metadata) needed to resume exactly."""
         return {}, {}

@@ -48,6 +48,9 @@ class FedBN(Strategy):
         local = frozenset(batchnorm_keys(fit_round.global_weights))
         return self.inner.aggregate_fit(dataclasses.replace(fit_round, local_keys=local), results)
 
+    def stop_reason(self, server_round: int) -> str:
+        return self.inner.stop_reason(server_round)
+
     def state_dict(self) -> tuple[Weights, dict[str, Any]]:
         return self.inner.state_dict()
 

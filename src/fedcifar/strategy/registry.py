@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fedcifar.config import effective
 from fedcifar.strategy import selection
 from fedcifar.strategy.base import Strategy
+from fedcifar.strategy.dp import DPFedAvg, dp_settings
 from fedcifar.strategy.fedavg import FedAvg
 from fedcifar.strategy.fedbn import FedBN
 from fedcifar.strategy.feddyn import FedDyn
@@ -49,10 +50,14 @@ SELECTORS: dict[str, Callable[[selection.SelectionContext], list[int]]] = {
     "uniform": selection.select_uniform,
     "size_weighted": selection.select_size_weighted,
     "power_of_choice": selection.select_power_of_choice,
+    "poisson": selection.select_poisson,
 }
 
 
 def build_strategy(cfg) -> Strategy:
-    """The configured strategy; ``norm=fedbn`` wraps it so BatchNorm layers stay with clients."""
+    """The configured strategy; ``norm=fedbn`` wraps it so BatchNorm layers stay with clients,
+    ``dp=client`` in client-level DP-FedAvg."""
     strategy = STRATEGIES[cfg.strategy](cfg)
-    return FedBN(strategy) if cfg.norm == "fedbn" else strategy
+    if cfg.norm == "fedbn":
+        strategy = FedBN(strategy)
+    return DPFedAvg(strategy, dp_settings(cfg)) if cfg.dp == "client" else strategy

@@ -7,6 +7,9 @@
   probability proportional to data size, without replacement, ask each for its local loss
   on the current global model, and keep the K with the highest loss. With ``poc_samples``
   the loss is estimated on that many of the client's images (the paper's cpow-d variant).
+- ``poisson``: each client takes part independently with probability q (``poisson_rate``), so
+  the number of clients varies from round to round. This is the sampling under which DP's
+  amplification by subsampling is proven for add-or-remove neighbours (the accountant's).
 
 Selectors take a :class:`SelectionContext`, so the engine never branches on the method; the
 context's ``local_losses`` callback is how power_of_choice reaches the clients.
@@ -34,11 +37,15 @@ class SelectionContext:
     sizes: np.ndarray  # examples per client (defines the number of clients)
     candidates: int = 0  # power_of_choice's d; 0 = min(N, 2K)
     local_losses: LocalLosses | None = None  # loss of the current global model on each listed client
+    rate: float = 0.0  # poisson's q
+    rng: np.random.Generator | None = None  # None: round_rng(seed, server_round); DP passes a secret one
 
 
-def uniform(num_clients: int, k: int, seed: int, server_round: int) -> list[int]:
+def uniform(
+    num_clients: int, k: int, seed: int, server_round: int, rng: np.random.Generator | None = None
+) -> list[int]:
     """k of num_clients, uniformly without replacement, sorted."""
-    chosen = round_rng(seed, server_round).choice(num_clients, size=k, replace=False)
+    chosen = (rng or round_rng(seed, server_round)).choice(num_clients, size=k, replace=False)
     return sorted(int(c) for c in chosen)
 
 
@@ -61,8 +68,18 @@ def power_of_choice(
     return sorted(candidates[i] for i in top)
 
 
+def poisson(num_clients: int, rate: float, rng: np.random.Generator) -> list[int]:
+    """Each client independently with probability ``rate``, sorted (possibly none)."""
+    return [int(c) for c in np.flatnonzero(rng.random(num_clients) < rate)]
+
+
 def select_uniform(ctx: SelectionContext) -> list[int]:
-    return uniform(len(ctx.sizes), ctx.k, ctx.seed, ctx.server_round)
+    return uniform(len(ctx.sizes), ctx.k, ctx.seed, ctx.server_round, ctx.rng)
+
+
+def select_poisson(ctx: SelectionContext) -> list[int]:
+    rate = ctx.rate or ctx.k / len(ctx.sizes)
+    return poisson(len(ctx.sizes), rate, ctx.rng or round_rng(ctx.seed, ctx.server_round))
 
 
 def select_size_weighted(ctx: SelectionContext) -> list[int]:

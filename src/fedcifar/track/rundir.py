@@ -66,6 +66,10 @@ def write_class_counts(counts: np.ndarray, out_dir: Path, title: str = "") -> No
     plot_partition(counts, Path(out_dir) / "partition.png", title)
 
 
+# What a resume may change: the horizon, and DP's budget (the composition so far is in the checkpoint).
+RESUMABLE_CHANGES = ("rounds", "target_epsilon")
+
+
 def config_changes(saved: Config, cfg: Config, ignore: tuple[str, ...] = ("rounds",)) -> str:
     """``key: saved -> new`` for each key (but ``ignore``) that differs; empty when none does."""
     old, new = saved.to_dict(), cfg.to_dict()
@@ -74,9 +78,11 @@ def config_changes(saved: Config, cfg: Config, ignore: tuple[str, ...] = ("round
 
 def check_resumable(path: Path, done: int, saved: Config, cfg: Config) -> None:
     """Raise unless ``cfg`` may continue a run of ``saved`` that completed ``done`` rounds."""
-    changed = config_changes(saved, cfg)
+    changed = config_changes(saved, cfg, ignore=RESUMABLE_CHANGES)
     if changed:
-        raise CheckpointError(f"config differs from the checkpoint's in {path} ({changed}); only rounds may change")
+        raise CheckpointError(
+            f"config differs from the checkpoint's in {path} ({changed}); only {' and '.join(RESUMABLE_CHANGES)} may change"
+        )
     if cfg.rounds < done:
         raise CheckpointError(f"{path} has completed round {done}; rounds={cfg.rounds} would undo it")
 

@@ -1,0 +1,181 @@
+"""Client-level DP-FedAvg (McMahan et al. 2018) around a mean-based strategy: ``dp=client``.
+
+A wrapper, as FedBN is. Each round it tells the clients the clip norm C_t (and, with
+``dp_noise=client``, their share of the noise); the clients clip (and noise) their updates in
+the local update (:func:`fedcifar.privacy.mechanism.privatize_update`), on every backend. Here
+the server re-clips each update to C_t (a client that did not clip cannot widen the
+sensitivity; with client noise this is not possible and the clients' clipping is trusted),
+sums them, adds the central noise N(0, (z_Δ C_t)²) (``dp_noise=server``), divides by the
+expected number of clients m and hands the wrapped strategy one result, w + Δ̄: FedAvg adopts
+it, FedAvgM/FedAdam/... take it as their pseudo-gradient (post-processing, no privacy cost).
+
+Adaptive clipping (``dp_clip_quantile`` γ > 0, Andrew et al. 2021) moves C_t from the noised
+count of unclipped updates. The noise of round t is always z_Δ · C_t, the norm that round's
+clients clipped with; C_{t+1} is only used from round t+1 on.
+
+The accountant (:mod:`fedcifar.privacy.accountant`) composes one Gaussian release per round
+with the noise multiplier that was actually added: z, or under client noise z·sqrt(n/m) when
+only n of the m clients delivered (their shares of the noise are missing). ``stop_reason``
+refuses a round whose release would take ε past ``target_epsilon``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedcifar.messages import ClientResult, Weights
+from fedcifar.privacy import mechanism as mech
+from fedcifar.privacy.accountant import Sampling, add_release, epsilon
+from fedcifar.privacy.noise import noise_source
+from fedcifar.strategy.base import FitConfig, FitRound, Strategy, add_to_config
+from fedcifar.strategy.population import Population
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    clip: float  # C at round 1
+    noise_multiplier: float  # z: of the whole release (update and clipped count together)
+    client_noise: bool  # each client adds its share of the noise (dp_noise=client)
+    sampling: Sampling  # clients: who takes part in a round, for the accountant
+    delta: float
+    target_epsilon: float = 0.0  # 0 = no budget
+    quantile: float = 0.0  # γ; 0 = fixed clipping
+    clip_lr: float = 0.2  # η_C
+    count_std: float = 0.0  # σ_b (adaptive only)
+    dp_seed: int = 0  # 0 = the OS's CSPRNG
+
+    @property
+    def expected_clients(self) -> float:
+        s = self.sampling
+        return s.poisson_rate * s.population if s.poisson_rate > 0 else float(min(s.size, s.population))
+
+    @property
+    def update_multiplier(self) -> float:
+        return mech.update_noise_multiplier(self.noise_multiplier, self.count_std if self.quantile > 0 else 0.0)
+
+
+def dp_settings(cfg) -> DPSettings:
+    """The DP mechanism a config asks for (``dp=client``)."""
+    q = cfg.poisson_rate or cfg.clients_per_round / cfg.num_clients
+    sampling = Sampling(cfg.num_clients, cfg.clients_per_round, q if cfg.client_selection == "poisson" else 0.0)
+    m = q * cfg.num_clients if cfg.client_selection == "poisson" else cfg.clients_per_round
+    return DPSettings(
+        clip=cfg.dp_clip,
+        noise_multiplier=cfg.dp_noise_multiplier,
+        client_noise=cfg.dp_noise == "client",
+        sampling=sampling,
+        delta=cfg.delta,
+        target_epsilon=cfg.target_epsilon,
+        quantile=cfg.dp_clip_quantile,
+        clip_lr=cfg.dp_clip_lr,
+        count_std=cfg.dp_count_noise or m / 20,
+        dp_seed=cfg.dp_seed,
+    )
+
+
+class DPFedAvg(Strategy):
+    def __init__(self, inner: Strategy, settings: DPSettings) -> None:
+        super().__init__(inner.weighting)
+        self.inner = inner
+        self.settings = settings
+        self.clip = settings.clip  # C_t
+        self.releases: list[list[float]] = []  # [(noise multiplier, count)], composed so far
+        self._eps_cache: dict[str, float] = {}
+
+    def setup(self, population: Population) -> None:
+        super().setup(population)
+        self.inner.setup(population)
+
+    def epsilon(self, releases: list[list[float]] | None = None) -> float:
+        releases = self.releases if releases is None else releases
+        key = repr(releases)
+        if key not in self._eps_cache:
+            absl = logging.getLogger("absl")
+            level = absl.level
+            absl.setLevel(logging.ERROR)  # RDP orders that do not converge are dropped, with a warning each
+            try:
+                self._eps_cache[key] = epsilon(
+                    self.settings.sampling, [tuple(r) for r in releases], self.settings.delta
+                )
+            finally:
+                absl.setLevel(level)
+        return self._eps_cache[key]
+
+    def stop_reason(self, server_round: int) -> str:
+        s = self.settings
+        if not s.target_epsilon:
+            return self.inner.stop_reason(server_round)
+        after = self.epsilon(add_release(self.releases, s.noise_multiplier))
+        if after > s.target_epsilon:
+            return (
+                f"privacy budget: round {server_round} would reach epsilon={after:.3g} > target_epsilon="
+                f"{s.target_epsilon:g} (delta={s.delta:g}); stopped after round {server_round - 1}"
+            )
+        return self.inner.stop_reason(server_round)
+
+    def configure_fit(self, server_round: int, client_ids: list[int]) -> FitConfig:
+        s = self.settings
+        m = s.expected_clients
+        fields: dict[str, Any] = {"dp_clip": self.clip, "dp_seed": s.dp_seed}
+        if s.client_noise:
+            fields["dp_noise_std"] = s.update_multiplier * self.clip / math.sqrt(m)
+            fields["dp_count_std"] = s.count_std / math.sqrt(m) if s.quantile > 0 else 0.0
+        return add_to_config(self.inner.configure_fit(server_round, client_ids), client_ids, **fields)
+
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
+        s = self.settings
+        g = fit_round.global_weights
+        total: Weights = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in g.items() if v.is_floating_point()}
+        below, arrived = 0.0, 0
+        for res in results:
+            delta = mech.update_of(g, res.weights)
+            reported = float(res.metrics.get("dp_below_clip", -0.5))
+            if not s.client_noise:  # trusted server: bound each update and count whatever the client did
+                delta, _ = mech.clipped(delta, self.clip)
+                reported = min(max(reported, -0.5), 0.5)
+            for k, acc in total.items():
+                acc.add_(delta[k].to(acc.device))
+            below += reported
+            arrived += 1
+        m = s.expected_clients
+        if s.client_noise:
+            achieved = s.noise_multiplier * math.sqrt(arrived / m) if arrived else None
+        else:
+            normal = noise_source(s.dp_seed, fit_round.server_round, 0x5E)
+            total = mech.add_noise(total, s.update_multiplier * self.clip, normal)
+            if s.quantile > 0:
+                below += s.count_std * float(normal((1,))[0])
+            achieved = s.noise_multiplier
+        if achieved is not None:  # nobody delivered under client noise: nothing about anyone was released
+            self.releases = add_release(self.releases, achieved)
+        mean = mech.apply_delta(g, {k: v / m for k, v in total.items()})
+        fit_round.metrics.update(
+            dp_epsilon=self.epsilon(),
+            dp_clip=self.clip,
+            dp_noise_std=(achieved or 0.0) / s.noise_multiplier * s.update_multiplier * self.clip / m,
+        )
+        if s.quantile > 0:
+            unclipped = below / m + 0.5
+            fit_round.metrics["dp_unclipped"] = unclipped
+            self.clip = mech.next_clip(self.clip, unclipped, s.quantile, s.clip_lr)
+        inner_round = dataclasses.replace(fit_round, factors=None)
+        return self.inner.aggregate_fit(inner_round, [ClientResult(-1, mean, 1)])
+
+    def state_dict(self) -> tuple[Weights, dict[str, Any]]:
+        tensors, meta = self.inner.state_dict()
+        return tensors, {**meta, "dp": {"clip": self.clip, "releases": self.releases}}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        meta = dict(meta)
+        dp = meta.pop("dp", None)
+        if dp is not None:
+            self.clip = float(dp["clip"])
+            self.releases = [[float(z), int(n)] for z, n in dp["releases"]]
+        self.inner.load_state_dict(tensors, meta)
