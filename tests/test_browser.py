@@ -202,6 +202,7 @@ def test_dashboard_shows_live_curves_and_partition(system, browser):
     assert browser.find_element(By.ID, "test-acc").text.endswith("%")
     p10, worst = browser.find_element(By.ID, "client-acc").text.split(" / ")  # per-client fairness
     assert p10.endswith("%") and worst.endswith("%")
+    assert not browser.find_element(By.ID, "privacy").is_displayed()  # no dp: no epsilon tile
     # The model lands just after its metrics row; the badge follows within a poll or two (hot reload).
     WebDriverWait(browser, 30).until(lambda d: "round 2" in d.find_element(By.ID, "model-badge").text)
     WebDriverWait(browser, 30).until(

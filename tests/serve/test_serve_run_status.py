@@ -50,6 +50,16 @@ def test_progress_estimate_curves_and_missing_test_values(tmp_path):
     assert "clients" not in status["metrics"]
 
 
+def test_a_dp_run_reports_its_epsilon_per_round(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("rounds: 3\n")
+    (run / "metrics.csv").write_text("round,train_loss,test_acc,dp_epsilon\n1,4.5,0.01,2.71\n2,4.4,0.02,3.33\n")
+    assert RunReader(run).status(now=time.time())["metrics"]["dp_epsilon"] == [2.71, 3.33]
+    write_run(tmp_path / "plain", 2, [(1, 4.5, 0.02, 4.4, 0.03, 0.1, 20.0, "")], at=1000.0)
+    assert RunReader(tmp_path / "plain").status(now=1010.0)["metrics"]["dp_epsilon"] == [None]
+
+
 def test_finished_and_stalled(tmp_path):
     run = tmp_path / "run"
     write_run(run, 2, [(1, 4.5, 0.02, 4.4, 0.03, 0.1, 20.0, ""), (2, 4.2, 0.05, 4.1, 0.06, 0.2, 20.0, "")], at=1000.0)

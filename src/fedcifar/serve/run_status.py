@@ -39,6 +39,7 @@ CURVE_COLUMNS = (
     "test_acc",
     "test_top5",
     "round_seconds",
+    "dp_epsilon",  # differential privacy: epsilon spent after the round (empty without dp)
     *FAIRNESS_COLUMNS,
 )
 STALLED_FACTOR = 3.0  # nothing new for this many mean round times (+ 60 s): training has probably stopped

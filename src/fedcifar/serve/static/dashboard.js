@@ -36,6 +36,10 @@ function showStatus(run) {
   document.getElementById("client-acc").textContent = p10 == null ? "–"
     : `${(100 * p10).toFixed(1)}% / ${(100 * worst).toFixed(1)}%`;
 
+  const epsilon = lastValue(run.metrics.dp_epsilon || []);
+  document.getElementById("privacy").hidden = epsilon == null;
+  document.getElementById("epsilon").textContent = epsilon == null ? "–" : epsilon.toFixed(2);
+
   const bar = document.getElementById("progress");
   const fill = document.getElementById("progress-fill");
   const text = document.getElementById("progress-text");
