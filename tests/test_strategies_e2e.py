@@ -32,7 +32,7 @@ DETERMINISTIC = ["round", "train_loss", "train_acc", "test_loss", "test_acc", "t
 
 # strategy -> the extra option it is run with (so each option is exercised once as well)
 CASES = {
-    "fedavg": {},
+    "fedavg": {"client_selection": "poisson", "poisson_rate": 1.0},  # q = 1: every client joins, a fixed count
     "fedprox": {"client_selection": "size_weighted", "client_weighting": "uniform", "proximal_mu": 0.1},
     "fedavgm": {"norm": "group"},
     "fedadam": {"client_weighting": "feddisco"},
@@ -70,7 +70,8 @@ def test_strategy_learns_in_two_rounds_and_its_checkpoint_reloads(tmp_path, cifa
     frame, start, weights = run_and_weights(cfg, tmp_path, cifar)
     assert list(frame["round"]) == [1, 2]
     assert np.isfinite(frame[["train_loss", "test_loss"]].to_numpy()).all()
-    assert frame["clients"].map(lambda s: len(str(s).split())).eq(cfg.clients_per_round).all()
+    per_round = cfg.num_clients if cfg.client_selection == "poisson" else cfg.clients_per_round
+    assert frame["clients"].map(lambda s: len(str(s).split())).eq(per_round).all()
 
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     moved = weight_step(start, weights) / weight_step({k: torch.zeros_like(v) for k, v in start.items()}, start)
