@@ -53,7 +53,7 @@ StrategyName = Literal[
     "geometric_median",
 ]
 ClientSelection = Literal["uniform", "size_weighted", "power_of_choice", "poisson"]
-DP = Literal["off", "client"]
+DP = Literal["off", "client", "record"]
 DPNoise = Literal["server", "client"]
 FaultKind = Literal["raise", "nan", "hang"]
 Attack = Literal["none", "sign_flip", "scale", "gaussian", "label_flip", "bn_stats"]
@@ -128,8 +128,10 @@ class Config:
     # Differential privacy (docs/privacy.md), off by default. dp=client: client-level DP-FedAvg
     # (McMahan et al. 2018): each update clipped to joint L2 norm dp_clip, the mean noised with
     # std dp_noise_multiplier * dp_clip / m, on the server or split across the clients (dp_noise).
+    # dp=record: DP-SGD in each client (Abadi et al. 2016): each image's gradient clipped to
+    # dp_clip, Poisson batches, noise std dp_noise_multiplier * dp_clip; epsilon per client.
     dp: DP = "off"
-    dp_clip: float = 1.0  # C; under adaptive clipping its value at round 1
+    dp_clip: float = 1.0  # C (an update's; under dp=record an image gradient's); adaptive: its round-1 value
     dp_noise_multiplier: float = 1.0  # z: noise std over the clip norm, for the whole release
     dp_noise: DPNoise = "server"
     dp_clip_quantile: float = (
@@ -138,7 +140,7 @@ class Config:
     dp_clip_lr: float = 0.2  # adaptive clipping's geometric step (Andrew et al. 2021)
     dp_count_noise: float = 0.0  # std of the clipped count's noise; 0 = expected clients / 20 (Andrew et al. 2021)
     delta: float = 1e-5
-    target_epsilon: float = 0.0  # > 0: the run stops before a round would take epsilon past it
+    target_epsilon: float = 0.0  # > 0: the run stops before a round would take epsilon (any client's) past it
     dp_seed: int = 0  # > 0 seeds the DP noise and sampling: for tests and studies, not private
     poisson_rate: float = (
         0.0  # client_selection=poisson: each client's probability q; 0 = clients_per_round / num_clients
@@ -379,7 +381,8 @@ USED_WHEN: dict[str, typing.Callable[[Config], bool]] = {
     "disco_b": lambda c: c.client_weighting == "feddisco",
     "fault_kind": lambda c: c.fault_rate > 0,
     "poisson_rate": lambda c: c.client_selection == "poisson",
-    **{k: (lambda c: c.dp != "off") for k in ("dp_clip", "dp_noise_multiplier", "dp_noise", "delta", "dp_seed")},
+    **{k: (lambda c: c.dp != "off") for k in ("dp_clip", "dp_noise_multiplier", "delta", "dp_seed")},
+    **{k: (lambda c: c.dp == "client") for k in ("dp_noise", "dp_clip_quantile")},
     **{k: (lambda c: c.dp_clip_quantile > 0) for k in ("dp_clip_lr", "dp_count_noise")},
     "attack_fraction": lambda c: c.attack != "none",
     "attack_scale": lambda c: c.attack != "none",
@@ -474,7 +477,10 @@ def _validate_privacy(cfg: Config, need: typing.Callable[[bool, str], None]) -> 
         f"poisson_rate must be in [0, 1] (0 = clients_per_round / num_clients), got {cfg.poisson_rate}",
     )
     need(cfg.target_epsilon >= 0, f"target_epsilon must be >= 0 (0 = no budget), got {cfg.target_epsilon}")
-    need(cfg.target_epsilon == 0 or cfg.dp != "off", "target_epsilon needs dp=client (there is no privacy to budget)")
+    need(
+        cfg.target_epsilon == 0 or cfg.dp != "off",
+        "target_epsilon needs dp=client or dp=record (there is no privacy to budget)",
+    )
     if cfg.dp == "off":
         return
     need(cfg.dp_clip > 0, f"dp_clip must be > 0, got {cfg.dp_clip}")
@@ -490,6 +496,9 @@ def _validate_privacy(cfg: Config, need: typing.Callable[[bool, str], None]) -> 
     need(cfg.dp_clip_lr > 0, f"dp_clip_lr must be > 0, got {cfg.dp_clip_lr}")
     need(cfg.dp_count_noise >= 0, f"dp_count_noise must be >= 0, got {cfg.dp_count_noise}")
     need(cfg.dp_seed >= 0, f"dp_seed must be >= 0 (0 = the OS's CSPRNG), got {cfg.dp_seed}")
+    if cfg.dp == "record":
+        _validate_record_level(cfg, need)
+        return
     why = "dp=client bounds each client's influence on an unweighted mean"
     need(
         cfg.strategy in DP_STRATEGIES,
@@ -527,3 +536,23 @@ def _validate_privacy(cfg: Config, need: typing.Callable[[bool, str], None]) -> 
             f"adaptive clipping: the clipped count's noise {count_std:g} must exceed dp_noise_multiplier / 2 = "
             f"{cfg.dp_noise_multiplier / 2:g} (Andrew et al. 2021); raise dp_count_noise",
         )
+
+
+def _validate_record_level(cfg: Config, need: typing.Callable[[bool, str], None]) -> None:
+    """dp=record: everything a client sends must come from per-image clipped, noised gradients."""
+    why = "dp=record bounds each image's gradient"
+    need(
+        cfg.norm == "group",
+        f"{why}: BatchNorm (norm={cfg.norm}) mixes the images of a batch, so no image has a gradient "
+        "of its own; use norm=group",
+    )
+    need(cfg.fedlc_tau == 0, f"{why}: FedLC's loss uses the client's label counts, which one image changes")
+    need(cfg.feddecorr_beta == 0, f"{why}: FedDecorr's loss couples the images of a batch")
+    need(
+        cfg.client_selection != "power_of_choice",
+        f"{why}: power_of_choice asks each candidate for its loss on its data, an unaccounted release",
+    )
+    need(
+        cfg.client_weighting != "feddisco",
+        f"{why}: FedDisco weights by the clients' label histograms, which are not private",
+    )

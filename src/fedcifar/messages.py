@@ -16,10 +16,12 @@ Weights = dict[str, torch.Tensor]
 
 ClientState = dict[str, Weights]
 """What a client keeps between the rounds it trains, by name: SCAFFOLD's ``"control"`` (c_i),
-FedDyn's ``"feddyn_grad"`` (g_k), FedBN's ``"local"`` (its BatchNorm layers). It lives with the client (the simulator's store, a
+FedDyn's ``"feddyn_grad"`` (g_k), FedBN's ``"local"`` (its BatchNorm layers), record-level DP's
+``"dp_ledger"`` (the DP-SGD steps it has spent). It lives with the client (the simulator's store, a
 SuperNode's ``context.state``); the server never holds it."""
 
 CONTROL, DYN_GRAD, LOCAL = "control", "feddyn_grad", "local"  # the ClientState entries of SCAFFOLD, FedDyn, FedBN
+DP_LEDGER = "dp_ledger"  # the ClientState entry of record-level DP: the client's own privacy ledger
 CONTROL_DELTA = "control_delta"  # the ClientResult.extras entry of SCAFFOLD: Δc_i = c_i+ - c_i
 
 
@@ -49,6 +51,12 @@ class ClientInstructions:
     dp_noise_std: float = 0.0
     dp_count_std: float = 0.0
     dp_seed: int = 0  # 0: noise from the OS's CSPRNG; > 0: seeded by (dp_seed, seed), not private
+    # Record-level DP-SGD (privacy/dpsgd.py): clip each image's gradient to dp_sample_clip (0 = off),
+    # noise multiplier dp_sample_noise; the client refuses a round past its own dp_budget at dp_delta.
+    dp_sample_clip: float = 0.0
+    dp_sample_noise: float = 0.0
+    dp_delta: float = 1e-5
+    dp_budget: float = 0.0  # 0 = no budget
     # Robustness studies (client/adversary.py): an injected fault, or this client's attack.
     fault: str = ""  # "", "raise", "nan" or "hang"
     attack: str = "none"  # "none", "sign_flip", "scale", "gaussian", "label_flip" or "bn_stats"

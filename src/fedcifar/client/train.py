@@ -23,9 +23,27 @@ from fedcifar.client.hooks import LocalHooks, next_state, overlay_weights
 from fedcifar.client.losses import FeatureTap, Objective
 from fedcifar.data.augment import Normalize, random_crop_flip
 from fedcifar.federation import NUM_CLASSES
-from fedcifar.messages import CONTROL, DYN_GRAD, LOCAL, ClientInstructions, ClientResult, ClientState, Weights
+from fedcifar.messages import (
+    CONTROL,
+    DP_LEDGER,
+    DYN_GRAD,
+    LOCAL,
+    ClientInstructions,
+    ClientResult,
+    ClientState,
+    Weights,
+)
 from fedcifar.model.spec import batchnorm_keys
+from fedcifar.privacy.dpsgd import (
+    PrivateGradients,
+    RecordPlan,
+    ledger_entry,
+    ledger_rows,
+    poisson_batches,
+    spend_check,
+)
 from fedcifar.privacy.mechanism import privatize_update
+from fedcifar.privacy.noise import noise_source, secure_rng
 from fedcifar.runtime import Runtime
 
 
@@ -105,12 +123,14 @@ def fit(
     lr: float = 0.0,
     last_epoch_only: bool = True,
     objective: Objective | None = None,
+    private: PrivateGradients | None = None,
 ) -> FitStats:
     """Minibatch training of ``model`` on device-resident uint8 ``images``: the one training step.
 
     The local update and the centralized reference both train through here, so they differ
     only in their data, their schedule, their objective (plain cross-entropy by default) and
-    where the optimizer comes from.
+    where the optimizer comes from. With ``private`` (record-level DP) the gradients are its
+    clipped and noised per-sample ones instead of the batch's backward pass.
     """
     device = runtime.device
     normalize = Normalize(device)
@@ -130,11 +150,14 @@ def fit(
             x = random_crop_flip(x, generator)
         x = normalize(x, runtime.memory_format)
         y = labels[idx]
-        with runtime.autocast():
-            logits = model(x)
-            loss = objective(logits, y, tap.features if tap is not None else None)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if private is not None:
+            loss, logits = private(x, y)
+        else:
+            with runtime.autocast():
+                logits = model(x)
+                loss = objective(logits, y, tap.features if tap is not None else None)
+            loss.backward()
         if hooks is not None:
             hooks.after_backward()
         optimizer.step()
@@ -199,7 +222,19 @@ def train_client(
         torch.bincount(labels, minlength=unwrap(model).fc.out_features) if instructions.fedlc_tau > 0 else None,
         instructions.feddecorr_beta,
     )
-    batches = minibatches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator)
+    private, dp_report = None, {}
+    if instructions.dp_sample_clip > 0:  # record-level DP-SGD: Poisson batches, per-sample clip and noise
+        rows = ledger_rows(state.get(DP_LEDGER))
+        plan = RecordPlan.of(n, instructions)
+        dp_report["dp_epsilon"] = spend_check(rows, plan, instructions.dp_delta, instructions.dp_budget)
+        stream = secure_rng(instructions.dp_seed, instructions.seed)
+        batches = poisson_batches(n, plan.rate, plan.steps, plan.per_epoch, stream, device)
+        normal = noise_source(instructions.dp_seed, instructions.seed, 0x5D)
+        private = PrivateGradients(
+            unwrap(model), instructions.dp_sample_clip, plan.noise_multiplier, instructions.batch_size, normal, runtime
+        )
+    else:
+        batches = minibatches(n, instructions.batch_size, instructions.epochs, instructions.steps, generator)
     stats = fit(
         model,
         optimizer,
@@ -213,12 +248,14 @@ def train_client(
         lr=instructions.lr,
         last_epoch_only=not instructions.steps,
         objective=objective,
+        private=private,
     )
     t_read = time.perf_counter()
     weights = read_weights(model)
     # The client keeps its honest state; only what it sends is poisoned or corrupted.
     new_state, extras = next_state(state, hooks, weights, instructions.local_bn, stats.steps, instructions.lr)
-    dp_report = {}
+    if private is not None:
+        new_state[DP_LEDGER] = ledger_entry([*rows, plan.row()])
     if instructions.dp_clip > 0:  # the honest client's clip (and noise); an attacker's poison comes after
         weights, dp_report["dp_below_clip"] = privatize_update(global_weights, weights, instructions)
     if instructions.attack in MODEL_ATTACKS:

@@ -21,6 +21,7 @@ in the checkpoint, so a resumed run continues the same composition.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,14 +83,45 @@ def epsilon(sampling: Sampling, releases: Sequence[tuple[float, int]], delta: fl
     event = dp_accounting.ComposedDpEvent(
         [dp_accounting.SelfComposedDpEvent(sampling.event(z), n) for z, n in releases]
     )
-    accountants = [dp_accounting.rdp.RdpAccountant(neighboring_relation=sampling.relation)]
-    if sampling.relation is dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE:
-        accountants.append(dp_accounting.pld.PLDAccountant(sampling.relation, value_discretization_interval=1e-3))
-    bounds = []
-    for accountant in accountants:
-        if accountant.supports(event):
-            bounds.append(accountant.compose(event).get_epsilon(delta))
-    return min(bounds)
+    return _best_epsilon(event, sampling.relation, delta)
+
+
+def poisson_epsilon(releases: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """ε at ``delta`` after ``releases`` = [(rate q, noise multiplier, count), ...] of Poisson-sampled
+    Gaussian releases (add-or-remove-one): DP-SGD's steps, whose rate may change between rounds."""
+    releases = [(q, z, n) for q, z, n in releases if n > 0]
+    if not releases:
+        return 0.0
+    if any(z <= 0 for _, z, _ in releases):
+        return math.inf
+    dp_accounting = _dp_accounting()
+    event = dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z))
+                if q < 1
+                else dp_accounting.GaussianDpEvent(z),
+                n,
+            )
+            for q, z, n in releases
+        ]
+    )
+    return _best_epsilon(event, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, delta)
+
+
+def _best_epsilon(event: dp_accounting.DpEvent, relation: dp_accounting.NeighboringRelation, delta: float) -> float:
+    """The smaller of the RDP and (under add-or-remove-one) the PLD accountants' ε for ``event``."""
+    dp_accounting = _dp_accounting()
+    accountants = [dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)]
+    if relation is dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE:
+        accountants.append(dp_accounting.pld.PLDAccountant(relation, value_discretization_interval=1e-3))
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # RDP orders that do not converge are dropped, with a warning each
+    try:
+        return min(a.compose(event).get_epsilon(delta) for a in accountants if a.supports(event))
+    finally:
+        absl.setLevel(level)
 
 
 def rdp_epsilon(sampling: Sampling, noise_multiplier: float, count: int, delta: float) -> float:

@@ -54,9 +54,9 @@ class Server:
 
     @property
     def min_fit_clients(self) -> int:
-        """Fewer results skip the round. Never under DP (the count is not private); one under Poisson."""
+        """Fewer results skip the round. Never under client-level DP (the count is not private); one under Poisson."""
         cfg = self.cfg
-        if cfg.dp != "off":
+        if cfg.dp == "client":
             return 0
         return cfg.min_fit_clients or (1 if cfg.client_selection == "poisson" else cfg.clients_per_round)
 
@@ -69,12 +69,12 @@ LEGACY_CLIENT_STATE = ("store.", "fedbn.")
 def select_clients(server: Server, server_round: int, global_weights: Weights) -> list[int]:
     """The round's clients, from the configured selector (seeded by (seed, round)).
 
-    Under DP the draw is secret (``secure_rng``: os.urandom, or ``dp_seed``), since the
+    Under client-level DP the draw is secret (``secure_rng``: os.urandom, or ``dp_seed``), since the
     accountant's amplification by sampling assumes nobody can predict it from the run's seed.
     """
     cfg = server.cfg
     losses = partial(server.backend.client_losses, server_round, global_weights)
-    rng = secure_rng(cfg.dp_seed, server_round) if cfg.dp != "off" else None
+    rng = secure_rng(cfg.dp_seed, server_round) if cfg.dp == "client" else None
     ctx = SelectionContext(
         server_round,
         cfg.seed,

@@ -1,4 +1,5 @@
-"""Client-level DP-FedAvg (McMahan et al. 2018) around a mean-based strategy: ``dp=client``.
+"""Client-level DP-FedAvg (McMahan et al. 2018) around a mean-based strategy: ``dp=client``;
+and the server's side of record-level DP-SGD (``dp=record``, :class:`RecordLevelDP`).
 
 A wrapper, as FedBN is. Each round it tells the clients the clip norm C_t (and, with
 ``dp_noise=client``, their share of the noise); the clients clip (and noise) their updates in
@@ -22,7 +23,6 @@ refuses a round whose release would take ε past ``target_epsilon``.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
-from fedcifar.messages import ClientResult, Weights
+from fedcifar.messages import ClientInstructions, ClientResult, Weights
 from fedcifar.privacy import mechanism as mech
 from fedcifar.privacy.accountant import Sampling, add_release, epsilon
+from fedcifar.privacy.dpsgd import RecordPlan, ledger_epsilon
 from fedcifar.privacy.noise import noise_source
 from fedcifar.strategy.base import FitConfig, FitRound, Strategy, add_to_config
 from fedcifar.strategy.population import Population
@@ -97,15 +98,7 @@ class DPFedAvg(Strategy):
         releases = self.releases if releases is None else releases
         key = repr(releases)
         if key not in self._eps_cache:
-            absl = logging.getLogger("absl")
-            level = absl.level
-            absl.setLevel(logging.ERROR)  # RDP orders that do not converge are dropped, with a warning each
-            try:
-                self._eps_cache[key] = epsilon(
-                    self.settings.sampling, [tuple(r) for r in releases], self.settings.delta
-                )
-            finally:
-                absl.setLevel(level)
+            self._eps_cache[key] = epsilon(self.settings.sampling, [tuple(r) for r in releases], self.settings.delta)
         return self._eps_cache[key]
 
     def stop_reason(self, server_round: int) -> str:
@@ -179,3 +172,120 @@ class DPFedAvg(Strategy):
             self.clip = float(dp["clip"])
             self.releases = [[float(z), int(n)] for z, n in dp["releases"]]
         self.inner.load_state_dict(tensors, meta)
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    """Record-level DP-SGD (``dp=record``): what every client is told, and the budget per client."""
+
+    clip: float  # C of each image's gradient
+    noise_multiplier: float  # σ
+    delta: float
+    target_epsilon: float = 0.0  # 0 = no budget
+    dp_seed: int = 0
+    batch_size: int = 64
+    epochs: int = 2
+    steps: int = 0
+
+    def plan(self, n: int) -> RecordPlan:
+        """The round a client of ``n`` images runs (the same plan the client makes itself)."""
+        fields = dict(seed=0, batch_size=self.batch_size, epochs=self.epochs, steps=self.steps)
+        return RecordPlan.of(n, ClientInstructions(**fields, dp_sample_noise=self.noise_multiplier))
+
+
+class RecordLevelDP(Strategy):
+    """Record-level DP around any strategy: each client runs DP-SGD and keeps its own ledger.
+
+    The server aggregates as the wrapped strategy does (a client's output is already private;
+    whatever the server computes from it is post-processing). It tells each client the clip, the
+    noise and the budget, and it plans: the server knows every client's size and which rounds it
+    was picked for, so it mirrors each ledger and ``stop_reason`` stops the run before a round
+    after which any client could be past ``target_epsilon``. The clients' own ledgers are the
+    guarantee (a client refuses a round past its budget); the mirror only keeps the run from
+    asking. ``dp_epsilon`` in the round's row is the worst client's ε so far, from the clients'
+    own reports.
+    """
+
+    def __init__(self, inner: Strategy, settings: RecordSettings) -> None:
+        super().__init__(inner.weighting)
+        self.inner = inner
+        self.settings = settings
+        self.rounds_trained: dict[int, int] = {}  # client -> rounds it was picked for (the mirror)
+        self.reported: dict[int, float] = {}  # client -> its latest reported ε
+        self._eps_cache: dict[tuple[int, int], float] = {}
+
+    def setup(self, population: Population) -> None:
+        super().setup(population)
+        self.inner.setup(population)
+
+    def client_epsilon(self, n: int, rounds: int) -> float:
+        """ε of a client of ``n`` images after ``rounds`` rounds (the plan is the same every round)."""
+        key = (n, rounds)
+        if key not in self._eps_cache:
+            self._eps_cache[key] = ledger_epsilon([self.settings.plan(n).row()] * rounds, self.settings.delta)
+        return self._eps_cache[key]
+
+    def stop_reason(self, server_round: int) -> str:
+        s = self.settings
+        if s.target_epsilon and self.population is not None:
+            sizes = self.population.sizes
+            worst, client = max(
+                (self.client_epsilon(int(sizes[c]), self.rounds_trained.get(c, 0) + 1), c) for c in range(len(sizes))
+            )
+            if worst > s.target_epsilon:
+                return (
+                    f"privacy budget: in round {server_round} client {client} could reach epsilon={worst:.3g} > "
+                    f"target_epsilon={s.target_epsilon:g} (delta={s.delta:g}); stopped after round {server_round - 1}"
+                )
+        return self.inner.stop_reason(server_round)
+
+    def configure_fit(self, server_round: int, client_ids: list[int]) -> FitConfig:
+        s = self.settings
+        for c in client_ids:
+            self.rounds_trained[c] = self.rounds_trained.get(c, 0) + 1
+        fields = dict(
+            dp_sample_clip=s.clip,
+            dp_sample_noise=s.noise_multiplier,
+            dp_delta=s.delta,
+            dp_budget=s.target_epsilon,
+            dp_seed=s.dp_seed,
+        )
+        return add_to_config(self.inner.configure_fit(server_round, client_ids), client_ids, **fields)
+
+    def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
+        def noted(items: Iterable[ClientResult]) -> Iterable[ClientResult]:
+            for res in items:
+                if "dp_epsilon" in res.metrics:
+                    self.reported[res.client_id] = float(res.metrics["dp_epsilon"])
+                yield res
+
+        weights = self.inner.aggregate_fit(fit_round, noted(results))
+        fit_round.metrics["dp_epsilon"] = max(self.reported.values(), default=0.0)
+        return weights
+
+    def state_dict(self) -> tuple[Weights, dict[str, Any]]:
+        tensors, meta = self.inner.state_dict()
+        record = {"rounds_trained": dict(self.rounds_trained), "reported": dict(self.reported)}
+        return tensors, {**meta, "dp_record": record}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        meta = dict(meta)
+        record = meta.pop("dp_record", None)
+        if record is not None:
+            self.rounds_trained = {int(c): int(n) for c, n in record["rounds_trained"].items()}
+            self.reported = {int(c): float(e) for c, e in record["reported"].items()}
+        self.inner.load_state_dict(tensors, meta)
+
+
+def record_settings(cfg) -> RecordSettings:
+    """The record-level DP-SGD a config asks for (``dp=record``)."""
+    return RecordSettings(
+        clip=cfg.dp_clip,
+        noise_multiplier=cfg.dp_noise_multiplier,
+        delta=cfg.delta,
+        target_epsilon=cfg.target_epsilon,
+        dp_seed=cfg.dp_seed,
+        batch_size=cfg.batch_size,
+        epochs=cfg.local_epochs,
+        steps=cfg.local_steps,
+    )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from fedcifar.config import effective
 from fedcifar.strategy import selection
 from fedcifar.strategy.base import Strategy
-from fedcifar.strategy.dp import DPFedAvg, dp_settings
+from fedcifar.strategy.dp import DPFedAvg, RecordLevelDP, dp_settings, record_settings
 from fedcifar.strategy.fedavg import FedAvg
 from fedcifar.strategy.fedbn import FedBN
 from fedcifar.strategy.feddyn import FedDyn
@@ -56,8 +56,12 @@ SELECTORS: dict[str, Callable[[selection.SelectionContext], list[int]]] = {
 
 def build_strategy(cfg) -> Strategy:
     """The configured strategy; ``norm=fedbn`` wraps it so BatchNorm layers stay with clients,
-    ``dp=client`` in client-level DP-FedAvg."""
+    ``dp=client`` in client-level DP-FedAvg, ``dp=record`` in record-level DP-SGD's accounting."""
     strategy = STRATEGIES[cfg.strategy](cfg)
     if cfg.norm == "fedbn":
         strategy = FedBN(strategy)
-    return DPFedAvg(strategy, dp_settings(cfg)) if cfg.dp == "client" else strategy
+    if cfg.dp == "client":
+        return DPFedAvg(strategy, dp_settings(cfg))
+    if cfg.dp == "record":
+        return RecordLevelDP(strategy, record_settings(cfg))
+    return strategy
