@@ -131,6 +131,22 @@ def test_client_level_dp_with_client_noise_over_the_federation_equals_the_local_
     assert float(moved.norm()) > 10 * 0.5
 
 
+def test_record_level_dp_keeps_each_clients_ledger_on_its_node(federation, tmp_path, cifar):
+    # dp=record: each SuperNode runs DP-SGD (the codec carries dp_sample_clip, dp_sample_noise,
+    # dp_delta, dp_budget) and keeps its own privacy ledger in context.state. Seed 0 picks client
+    # 0 in rounds 1 and 2, so its round-2 epsilon composes both rounds only if its node kept the
+    # ledger; a node that forgot would report round 1's epsilon again.
+    extra = dict(rounds=2, clients_per_round=1, dp="record", norm="group", dp_noise_multiplier=1.0, dp_seed=4)
+    cfg = _cfg(**extra)
+    assert uniform(3, 1, cfg.seed, 1) == uniform(3, 1, cfg.seed, 2)
+    frame = _submit(federation, tmp_path / "flower", **extra)
+    local = run_training(cfg, tmp_path / "local", cifar, progress=False)
+    assert frame["clients_failed"].eq(0).all()
+    assert frame["dp_epsilon"].tolist() == pytest.approx(local["dp_epsilon"].tolist(), rel=1e-9)
+    assert frame["dp_epsilon"].iloc[1] > 1.2 * frame["dp_epsilon"].iloc[0]
+    _same_weights(tmp_path / "flower", tmp_path / "local")
+
+
 def _forgetful_local_run(cfg, out: Path, cifar) -> None:
     """``cfg`` on the local backend, its clients losing their state after every round (a SuperNode restart)."""
     runtime = resolve_runtime(cfg)

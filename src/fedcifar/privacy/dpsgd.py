@@ -174,4 +174,3 @@ def spend_check(rows: list[list[float]], plan: RecordPlan, delta: float, budget:
             f"{after:.3g} > {budget:g} (delta={delta:g})"
         )
     return after
-
