@@ -145,6 +145,13 @@ class Config:
     poisson_rate: float = (
         0.0  # client_selection=poisson: each client's probability q; 0 = clients_per_round / num_clients
     )
+    # Secure aggregation (SecAgg+, Bell et al. 2020, run by Flower's SecAggPlusWorkflow and
+    # secaggplus_mod; docs/deployment.md), on `fedcifar federation run` only: the server unmasks
+    # the weighted sum of the round's updates and never sees one of them.
+    secure_aggregation: bool = False
+    secagg_num_shares: int = 0  # shares of each client's mask secrets; 0 = every client of the round
+    secagg_threshold: int = 0  # shares that rebuild a secret; 0 = ceil(2/3 of the shares): a third may drop
+    secagg_clipping_range: float = 8.0  # each coordinate of a weighted update is clipped to +-this, then quantised
     # evaluation
     eval_every: int = 1
     eval_limit: int = 0  # > 0 evaluates on the first N test images only (smoke/tests)
@@ -360,6 +367,9 @@ _ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")
 # Which run reads each optional key: a key set away from its default in a run that never reads it
 # is named by unused_keys (``--set strategy=fedavg --set proximal_mu=0.1`` runs plain FedAvg).
 USED_WHEN: dict[str, typing.Callable[[Config], bool]] = {
+    "secagg_num_shares": lambda c: c.secure_aggregation,
+    "secagg_threshold": lambda c: c.secure_aggregation,
+    "secagg_clipping_range": lambda c: c.secure_aggregation,
     "alpha": lambda c: c.partitioner == "dirichlet",
     "shards_per_client": lambda c: c.partitioner == "shards",
     "lr_decay": lambda c: c.lr_schedule == "exponential",
@@ -465,10 +475,11 @@ def validate(cfg: Config) -> None:
     _validate_strategy_params(cfg, need)
     _validate_faults(cfg, need)
     _validate_privacy(cfg, need)
+    _validate_secure_aggregation(cfg, need)
 
 
-# The strategies that need only the mean of the updates (strategy/dp.py keeps the same list).
-DP_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+# The strategies that need only the mean of the updates (their classes say so with ``on_sum``).
+MEAN_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 def _validate_privacy(cfg: Config, need: typing.Callable[[bool, str], None]) -> None:
@@ -501,9 +512,9 @@ def _validate_privacy(cfg: Config, need: typing.Callable[[bool, str], None]) -> 
         return
     why = "dp=client bounds each client's influence on an unweighted mean"
     need(
-        cfg.strategy in DP_STRATEGIES,
+        cfg.strategy in MEAN_STRATEGIES,
         f"{why}: strategy={cfg.strategy} looks at individual updates or sends per-client state; "
-        f"use one of {', '.join(DP_STRATEGIES)}",
+        f"use one of {', '.join(MEAN_STRATEGIES)}",
     )
     need(
         cfg.client_weighting == "uniform",
@@ -556,3 +567,41 @@ def _validate_record_level(cfg: Config, need: typing.Callable[[bool, str], None]
         cfg.client_weighting != "feddisco",
         f"{why}: FedDisco weights by the clients' label histograms, which are not private",
     )
+
+
+def _validate_secure_aggregation(cfg: Config, need: typing.Callable[[bool, str], None]) -> None:
+    """Secure aggregation: the server gets the sum of the updates and nothing that needs one of them."""
+    if not cfg.secure_aggregation:
+        return
+    why = "secure_aggregation: the server sees only the sum of the round's updates"
+    need(
+        cfg.strategy in MEAN_STRATEGIES,
+        f"{why}; strategy={cfg.strategy} needs each client's update or per-client state: "
+        f"use one of {', '.join(MEAN_STRATEGIES)}",
+    )
+    need(
+        cfg.client_selection != "power_of_choice",
+        f"{why}; power_of_choice ranks clients by their individual losses",
+    )
+    need(cfg.clip_norm == 0, f"{why}; it cannot clip an update it never holds (clip_norm): leave it at 0")
+    need(
+        cfg.dp_clip_quantile == 0,
+        f"{why}; adaptive clipping needs each client's clipped bit: use fixed clipping (dp_clip_quantile=0)",
+    )
+    need(
+        cfg.clients_per_round >= 3,
+        f"{why}: with {cfg.clients_per_round} clients a round, one learns the other's update from the sum; "
+        "use clients_per_round >= 3",
+    )
+    shares = cfg.secagg_num_shares or cfg.clients_per_round
+    need(
+        cfg.secagg_num_shares == 0 or 3 <= cfg.secagg_num_shares <= cfg.clients_per_round,
+        f"secagg_num_shares must be 0 (every client of the round) or in [3, clients_per_round], "
+        f"got {cfg.secagg_num_shares}",
+    )
+    need(
+        cfg.secagg_threshold == 0 or 2 <= cfg.secagg_threshold < shares,
+        f"secagg_threshold must be 0 (2/3 of the shares) or in [2, {shares - 1}] (below the {shares} shares), "
+        f"got {cfg.secagg_threshold}",
+    )
+    need(cfg.secagg_clipping_range > 0, f"secagg_clipping_range must be > 0, got {cfg.secagg_clipping_range}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,11 +28,12 @@ from flwr.serverapp import Grid
 from fedcifar.client.evaluate import EvalCounts, eval_counts
 from fedcifar.config import Config
 from fedcifar.federation import model_spec
-from fedcifar.flower import codec
+from fedcifar.flower import codec, secagg
 from fedcifar.flower.warm import quick_pulls
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
+from fedcifar.strategy.base import SecureSum
 from fedcifar.strategy.population import Population
 
 POLL_SECONDS = 0.05  # between pulls for replies (Flower's own send_and_receive sleeps 3 s)
@@ -170,6 +171,47 @@ class FlowerBackend:
             if self.trace:
                 self._trace(server_round, client, encoded[client], arrived, result)
             yield result
+
+    def fit_sum(
+        self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask], factors: Mapping[int, float]
+    ) -> tuple[SecureSum, list[ClientFailure], dict[str, float]]:
+        """Train ``tasks`` under SecAgg+ (:mod:`fedcifar.flower.secagg`): the sum of the updates, never one.
+
+        Each client scales its update by ``r_i = f_i / max f`` before masking; the unmasked mean
+        Σ r_i Δ_i / Σ r_i times Σ f_i (over the clients in the sum, all known here) is the sum.
+        Also returns the failures and the wall seconds of each protocol stage.
+        """
+        failures = [
+            ClientFailure(t.client_id, "no SuperNode for this client") for t in tasks if t.client_id not in self.nodes
+        ]
+        tasks = [t for t in tasks if t.client_id in self.nodes]
+        float_keys = [k for k, v in global_weights.items() if v.is_floating_point()]
+        empty = SecureSum({}, 0.0, 0)
+        if len(tasks) < 2:
+            failures += [ClientFailure(t.client_id, "secure aggregation needs 2 clients or more") for t in tasks]
+            return empty, failures, {}
+        top = max(factors[t.client_id] for t in tasks)
+        fitins = {
+            self.nodes[t.client_id]: codec.encode_secure_fit(
+                self.cfg, t.client_id, t.instructions, global_weights, factors[t.client_id] / top
+            )
+            for t in tasks
+        }
+        done = secagg.run_secure_round(self.grid, self.cfg, server_round, fitins, float_keys, self.cfg.round_timeout)
+        client_of = {node: client for client, node in self.nodes.items()}
+        summed = {client_of[node]: metrics for node, metrics in done.replies.items()} if done.mean is not None else {}
+        why = "dropped out of secure aggregation" if done.mean is not None else "secure aggregation halted"
+        failures += [ClientFailure(t.client_id, why) for t in tasks if t.client_id not in summed]
+        if not summed:
+            return empty, failures, done.seconds
+        weight = sum(factors[c] for c in summed)
+        deltas = {k: torch.from_numpy(np.asarray(v, dtype=np.float64) * weight).float() for k, v in done.mean.items()}
+        results = []
+        for client, metrics in summed.items():
+            num_examples = int(metrics.pop("num_examples"))
+            metrics.pop("client_id", None)
+            results.append(ClientResult(client, {}, num_examples, {k: float(v) for k, v in metrics.items()}))
+        return SecureSum(deltas, weight, len(summed), tuple(results)), failures, done.seconds
 
     def _trace(self, server_round: int, client: int, encoded: tuple[float, float], arrived: float, result) -> None:
         line = {

@@ -6,6 +6,10 @@ written by ``fedcifar partition --export``; under the Simulation Runtime the run
 ``train_client`` for a fit, ``eval_counts`` for a loss query. A node whose shard is missing or
 corrupt logs one line and sends an error reply; the server records a failure for it.
 
+Under ``secure_aggregation`` the train messages of a round pass through Flower's SecAgg+ client
+mod (:func:`fedcifar.flower.secagg.secagg_mod`): only its masked vector of this client's update
+leaves the node.
+
 The client's own state (SCAFFOLD's c_i, FedBN's BatchNorm layers) lives here, in
 ``context.state``: read before the update, replaced by what it returns. Each message runs in a
 fresh ``flwr-clientapp`` process, which gets the node's context from the SuperNode and pushes
@@ -35,6 +39,7 @@ from fedcifar.errors import one_line
 from fedcifar.federation import NUM_CLASSES, loss_sample, model_spec
 from fedcifar.flower import codec
 from fedcifar.flower.procs import process_start_unix
+from fedcifar.flower.secagg import secagg_mod
 from fedcifar.messages import ClientState
 from fedcifar.runtime import Runtime
 
@@ -100,12 +105,17 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({codec.METRICS: record}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[secagg_mod])
 def train(msg: Message, context: Context) -> Message:
+    """One client update; in a secure round (Flower's legacy layout) the reply is what secagg_mod masks."""
     started = time.time()
+    secure = codec.SECURE_FIT in msg.content.config_records
     try:
         client_id, images, labels = node_client(context)
-        cfg, wanted, instructions, weights = codec.decode_fit(msg.content)
+        if secure:
+            cfg, wanted, instructions, weights, weight = codec.decode_secure_fit(msg.content)
+        else:
+            cfg, wanted, instructions, weights = codec.decode_fit(msg.content)
         if wanted != client_id:
             raise DataError(f"this node holds client {client_id}, the server asked for client {wanted}")
         runtime = client_runtime(cfg)
@@ -120,6 +130,9 @@ def train(msg: Message, context: Context) -> Message:
     result.metrics.update(
         app_process_start=process_start_unix() or 0.0, app_start=started, app_prepare=prepared - started
     )
+    if secure:
+        reply = codec.encode_secure_result(result, weights, weight, cfg.secagg_clipping_range)
+        return Message(reply, reply_to=msg)
     return Message(codec.encode_result(result), reply_to=msg)
 
 

@@ -14,13 +14,18 @@ import dataclasses
 import json
 from typing import Any
 
+import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedcifar.config import Config, config_from_dict
 from fedcifar.messages import ClientInstructions, ClientResult, ClientState, Weights
 
 ARRAYS, CONFIG, METRICS, EXTRAS = "arrays", "config", "metrics", "extras."
 STATE = "fedcifar."  # the prefix of this package's records in a node's context.state
+SECURE_MAX_WEIGHT = float(2**20)  # a client's weight r_i in (0, 1] travels as round(r_i * this) "examples"
 TENSOR_FIELDS = ("control_server",)
 SCALAR_FIELDS = tuple(f.name for f in dataclasses.fields(ClientInstructions) if f.name not in TENSOR_FIELDS)
 
@@ -89,3 +94,46 @@ def state_from_records(records: RecordDict) -> ClientState:
 def encode_weights_query(cfg: Config, weights: Weights, **extra: Any) -> RecordDict:
     """An evaluate message: ``weights`` and the config, for a node to score on its own data."""
     return RecordDict({ARRAYS: to_record(weights), CONFIG: encode_config(cfg, **extra)})
+
+
+# -- secure aggregation (fedcifar.flower.secagg): Flower's legacy fitins/fitres layout ----------
+
+SECURE_FIT = "fitins.config"  # present in a secure round's train message
+
+
+def encode_secure_fit(
+    cfg: Config, client_id: int, instructions: ClientInstructions, weights: Weights, weight: float
+) -> FitIns:
+    """A secure round's FitIns: the same fields as :func:`encode_fit`, plus the client's weight r_i."""
+    if any(getattr(instructions, name) is not None for name in TENSOR_FIELDS):
+        raise ValueError("secure aggregation carries no tensor-valued instruction (SCAFFOLD's c)")
+    scalars = {name: getattr(instructions, name) for name in SCALAR_FIELDS}
+    config = {"fedcifar-config": json.dumps(cfg.to_dict()), "client_id": client_id, "secagg-weight": weight, **scalars}
+    arrays = [v.detach().cpu().numpy() for v in weights.values()]
+    return FitIns(ndarrays_to_parameters(arrays), {**config, "fedcifar-keys": json.dumps(list(weights))})
+
+
+def decode_secure_fit(content: RecordDict) -> tuple[Config, int, ClientInstructions, Weights, float]:
+    ins = compat.recorddict_to_fitins(content, keep_input=True)
+    config = ins.config
+    names = json.loads(str(config["fedcifar-keys"]))
+    weights = {
+        k: torch.from_numpy(a.copy()) for k, a in zip(names, parameters_to_ndarrays(ins.parameters), strict=True)
+    }
+    instructions = ClientInstructions(**{name: config[name] for name in SCALAR_FIELDS})
+    cfg = config_from_dict(json.loads(str(config["fedcifar-config"])))
+    return cfg, int(config["client_id"]), instructions, weights, float(config["secagg-weight"])
+
+
+def encode_secure_result(result: ClientResult, global_weights: Weights, weight: float, clip: float) -> RecordDict:
+    """The FitRes Flower's mod scales by r_i and masks: w_i - w of every float tensor, r_i as num_examples.
+
+    ``secagg_clipped`` counts the coordinates the mod will clip to ±``clip``.
+    """
+    deltas = [
+        (result.weights[k].float() - w.float()).numpy() for k, w in global_weights.items() if w.is_floating_point()
+    ]
+    metrics = {**result.metrics, "num_examples": result.num_examples, "client_id": result.client_id}
+    metrics["secagg_clipped"] = float(sum(int((np.abs(weight * d) > clip).sum()) for d in deltas))
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(deltas), round(weight * SECURE_MAX_WEIGHT), metrics)
+    return compat.fitres_to_recorddict(fitres, keep_input=False)

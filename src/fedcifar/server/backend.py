@@ -20,6 +20,7 @@ import torch
 
 from fedcifar.client.evaluate import EvalCounts
 from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
+from fedcifar.strategy.base import SecureSum
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,16 @@ class HoldsClientState(Protocol):
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None: ...
+
+
+@runtime_checkable
+class SumsSecurely(Protocol):
+    """A backend that can aggregate by secure aggregation (``secure_aggregation=true``): Flower's.
+
+    ``fit_sum`` trains the tasks and returns only the sum of their updates (each scaled by its
+    client's factor), the failures, and the seconds of each protocol stage.
+    """
+
+    def fit_sum(
+        self, server_round: int, global_weights: Weights, tasks: Sequence[FitTask], factors: Mapping[int, float]
+    ) -> tuple[SecureSum, list[ClientFailure], dict[str, float]]: ...

@@ -30,7 +30,7 @@ from fedcifar.config import Config, ConfigError, unused_keys
 from fedcifar.federation import client_instructions, malicious_clients, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.privacy.noise import secure_rng
-from fedcifar.server.backend import Backend, FitTask, HoldsClientState, Validates
+from fedcifar.server.backend import Backend, FitTask, HoldsClientState, SumsSecurely, Validates
 from fedcifar.server.checks import clip_update, non_finite, result_problem, update_norm
 from fedcifar.server.rows import summary_line, test_row, train_row, val_row
 from fedcifar.strategy.aggregate import median_statistics, statistics_of
@@ -196,33 +196,72 @@ def fit_round(
     tasks = [FitTask(c, client_instructions(server.cfg, server_round, c, extra.get(c, {}))) for c in clients]
     factors = strategy.weighting.for_round(clients, server.population)
     fit = FitRound(server_round, global_weights, factors)
-    # Under clip_norm the statistics, which no norm bounds, take the clients' median (a few KB each).
-    screen = partial(screen_result, server.cfg, global_weights, server.population)
-    order = fold_order(clients, server.population.sizes)
-    arrivals = _Arrivals(fit, order, on_progress, screen, keep_statistics=server.cfg.clip_norm > 0)
-    try:
-        new_weights = strategy.aggregate_fit(fit, arrivals(server.backend.fit(server_round, global_weights, tasks)))
-        if arrivals.statistics:
-            new_weights = {**new_weights, **median_statistics(arrivals.statistics, global_weights)}
-    except ValueError:  # the strategy found nothing to aggregate: a skipped round, if too few arrived
-        if not arrivals.exhausted or len(arrivals.kept) >= server.min_fit_clients:
-            raise
+    aggregate = _secure_aggregate if server.cfg.secure_aggregation else _aggregate
+    new_weights, kept, waited = aggregate(server, fit, tasks, on_progress)
     skipped = ""
-    if len(arrivals.kept) < server.min_fit_clients:
-        skipped = f"{len(arrivals.kept)} of {len(tasks)} clients returned, min_fit_clients is {server.min_fit_clients}"
+    if len(kept) < server.min_fit_clients:
+        skipped = f"{len(kept)} of {len(tasks)} clients returned, min_fit_clients is {server.min_fit_clients}"
     elif (bad := non_finite(new_weights)) is not None:
         skipped = f"the aggregate has non-finite weights in {bad!r}"
     if skipped:
         strategy.load_state_dict(*before)
         new_weights = global_weights
     seconds = time.perf_counter() - t0
-    row = train_row(server_round, arrivals.kept, fit.failures, seconds, skipped)
+    row = train_row(server_round, kept, fit.failures, seconds, skipped)
     if not skipped:
         row.update(fit.metrics)
     row["malicious"] = " ".join(str(c) for c in clients if c in malicious_clients(server.cfg))
-    broadcast = sum(r.metrics.get("setup_seconds", 0.0) for r in arrivals.kept) / max(server.backend.workers, 1)
-    row["overhead_seconds"] = seconds - arrivals.waited + broadcast
+    broadcast = sum(r.metrics.get("setup_seconds", 0.0) for r in kept) / max(server.backend.workers, 1)
+    row["overhead_seconds"] = seconds - waited + broadcast
     return new_weights, row
+
+
+def _aggregate(
+    server: Server, fit: FitRound, tasks: Sequence[FitTask], on_progress
+) -> tuple[Weights, list[ClientResult], float]:
+    """The strategy folds each screened result as it arrives: (new weights, kept results, seconds waited)."""
+    g = fit.global_weights
+    # Under clip_norm the statistics, which no norm bounds, take the clients' median (a few KB each).
+    screen = partial(screen_result, server.cfg, g, server.population)
+    order = fold_order([t.client_id for t in tasks], server.population.sizes)
+    arrivals = _Arrivals(fit, order, on_progress, screen, keep_statistics=server.cfg.clip_norm > 0)
+    new_weights = dict(g)
+    try:
+        new_weights = server.strategy.aggregate_fit(fit, arrivals(server.backend.fit(fit.server_round, g, tasks)))
+        if arrivals.statistics:
+            new_weights = {**new_weights, **median_statistics(arrivals.statistics, g)}
+    except ValueError:  # the strategy found nothing to aggregate: a skipped round, if too few arrived
+        if not arrivals.exhausted or len(arrivals.kept) >= server.min_fit_clients:
+            raise
+    return new_weights, arrivals.kept, arrivals.waited
+
+
+def _secure_aggregate(
+    server: Server, fit: FitRound, tasks: Sequence[FitTask], on_progress
+) -> tuple[Weights, list[ClientResult], float]:
+    """Secure aggregation: the strategy gets the sum of the round's updates, and never one of them.
+
+    The server cannot screen what it never sees: a client's update is neither checked nor clipped
+    here (config.py refuses clip_norm), only the aggregate's finiteness is.
+    """
+    backend = server.backend
+    if not isinstance(backend, SumsSecurely):
+        raise ConfigError(
+            "secure_aggregation=true runs on Flower's Deployment Engine only: use fedcifar federation run"
+        )
+    factors = fit.factors or {t.client_id: float(server.population.sizes[t.client_id]) for t in tasks}
+    on_progress(0, 0, len(tasks), 0)
+    t0 = time.perf_counter()
+    secure, failures, stages = backend.fit_sum(fit.server_round, fit.global_weights, tasks, factors)
+    waited = time.perf_counter() - t0
+    fit.failures.extend(failures)
+    order = fold_order([r.client_id for r in secure.results], server.population.sizes)
+    kept = sorted(secure.results, key=lambda r: order.index(r.client_id))
+    on_progress(len(kept), len(failures), len(tasks), sum(int(r.metrics.get("images", 0)) for r in kept))
+    new_weights = server.strategy.aggregate_sum(fit, secure) if secure.count else dict(fit.global_weights)
+    fit.metrics.update({f"secagg_{stage}_seconds": s for stage, s in stages.items()})
+    fit.metrics["secagg_clipped"] = sum(r.metrics.get("secagg_clipped", 0.0) for r in kept)  # coordinates at ±c
+    return new_weights, kept, waited
 
 
 def run_rounds(
@@ -284,6 +323,10 @@ def run_federation(
     its resumed state, the initial model (from ``cfg.seed``) and the round loop.
     ``tensorboard_dir`` overrides where TensorBoard's copy of the metrics goes.
     """
+    if cfg.secure_aggregation and not isinstance(backend, SumsSecurely):
+        raise ConfigError(
+            "secure_aggregation=true runs on Flower's Deployment Engine only: use fedcifar federation run"
+        )
     if cfg.val_size and not isinstance(backend, Validates):
         raise ConfigError(f"val_size={cfg.val_size}: this backend holds no validation images; use the simulator")
     strategy = build_strategy(cfg)

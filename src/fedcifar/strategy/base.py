@@ -11,6 +11,10 @@ about its clients, then, each round:
    aggregation factor and the round's failures; what the strategy puts in its ``metrics``
    (FedExP's step size) becomes columns of the round's row in ``metrics.csv``.
 
+Under secure aggregation the results never reach the server one by one: a strategy whose
+``on_sum`` is true gets ``aggregate_sum(fit_round, SecureSum)`` instead (FedAvg's mean and the
+server optimizers need nothing else); the others are refused at config time.
+
 The loop, not the strategy, keeps the metrics of each result, counts failures and skips a
 round with too few results: it then restores the strategy from the ``state_dict`` it took
 before the round. So ``state_dict`` must hand out tensors that later rounds rebind rather
@@ -51,7 +55,33 @@ class FitRound:
         return self.factors[result.client_id]
 
 
+@dataclass(frozen=True)
+class SecureSum:
+    """What secure aggregation hands a strategy instead of the results: the sum and the count.
+
+    ``deltas`` is Σ_i f_i (w_i - w) over the float tensors, for the clients whose masked vectors
+    are in the sum (f_i: each one's aggregation factor); ``weight`` is Σ_i f_i and ``count`` how
+    many they are. No single client's update is in it.
+    """
+
+    deltas: Weights
+    weight: float
+    count: int
+    results: tuple[ClientResult, ...] = ()  # the summed clients' metrics (sent in the clear), no weights
+
+    def mean(self, global_weights: Mapping[str, torch.Tensor]) -> Weights:
+        """w + Σ f_i Δ_i / Σ f_i: the weighted mean of the clients' weights; counters keep w's values."""
+        if self.count == 0 or self.weight <= 0:
+            raise ValueError("no client results to aggregate")
+        out: Weights = {}
+        for k, w in global_weights.items():
+            out[k] = (w.float() + self.deltas[k].to(w.device) / self.weight).to(w.dtype) if k in self.deltas else w
+        return out
+
+
 class Strategy:
+    on_sum = False  # aggregate_sum works: the strategy needs only the (weighted) sum of the updates
+
     def __init__(self, weighting: Weighting | None = None) -> None:
         self.weighting = weighting or Weighting()
         self.population: Population | None = None
@@ -67,6 +97,10 @@ class Strategy:
     def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
         """The new global weights from the results that arrived."""
         raise NotImplementedError
+
+    def aggregate_sum(self, fit_round: FitRound, secure: SecureSum) -> Weights:
+        """The new global weights from a secure sum (``on_sum`` strategies only)."""
+        raise NotImplementedError(f"{type(self).__name__} needs each client's update, not their sum")
 
     def stop_reason(self, server_round: int) -> str:
         """Why the run must end before ``server_round`` (DP's spent budget), or "" to go on."""

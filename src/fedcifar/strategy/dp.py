@@ -35,7 +35,7 @@ from fedcifar.privacy import mechanism as mech
 from fedcifar.privacy.accountant import Sampling, add_release, epsilon
 from fedcifar.privacy.dpsgd import RecordPlan, ledger_epsilon
 from fedcifar.privacy.noise import noise_source
-from fedcifar.strategy.base import FitConfig, FitRound, Strategy, add_to_config
+from fedcifar.strategy.base import FitConfig, FitRound, SecureSum, Strategy, add_to_config
 from fedcifar.strategy.population import Population
 
 
@@ -137,6 +137,24 @@ class DPFedAvg(Strategy):
                 acc.add_(delta[k].to(acc.device))
             below += reported
             arrived += 1
+        return self._release(fit_round, total, below, arrived)
+
+    @property
+    def on_sum(self) -> bool:
+        return self.inner.on_sum
+
+    def aggregate_sum(self, fit_round: FitRound, secure: SecureSum) -> Weights:
+        """The sum of the clients' clipped (under client noise: noised) updates, unmasked as a whole.
+
+        The server cannot re-clip what it never sees: the clients' clipping is trusted, as with
+        client noise. Adaptive clipping is refused with secure aggregation (config.py).
+        """
+        return self._release(fit_round, dict(secure.deltas), 0.0, secure.count)
+
+    def _release(self, fit_round: FitRound, total: Weights, below: float, arrived: int) -> Weights:
+        """Noise the sum of ``arrived`` clipped updates (unless the clients did), account for it, step."""
+        s = self.settings
+        g = fit_round.global_weights
         m = s.expected_clients
         if s.client_noise:
             achieved = s.noise_multiplier * math.sqrt(arrived / m) if arrived else None
@@ -260,6 +278,18 @@ class RecordLevelDP(Strategy):
                 yield res
 
         weights = self.inner.aggregate_fit(fit_round, noted(results))
+        fit_round.metrics["dp_epsilon"] = max(self.reported.values(), default=0.0)
+        return weights
+
+    @property
+    def on_sum(self) -> bool:
+        return self.inner.on_sum
+
+    def aggregate_sum(self, fit_round: FitRound, secure: SecureSum) -> Weights:
+        for res in secure.results:  # each client's ε travels in the clear beside its masked vector
+            if "dp_epsilon" in res.metrics:
+                self.reported[res.client_id] = float(res.metrics["dp_epsilon"])
+        weights = self.inner.aggregate_sum(fit_round, secure)
         fit_round.metrics["dp_epsilon"] = max(self.reported.values(), default=0.0)
         return weights
 

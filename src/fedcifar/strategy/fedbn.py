@@ -28,7 +28,7 @@ import torch
 
 from fedcifar.messages import ClientResult, Weights
 from fedcifar.model.spec import batchnorm_keys
-from fedcifar.strategy.base import FitConfig, FitRound, Strategy, add_to_config
+from fedcifar.strategy.base import FitConfig, FitRound, SecureSum, Strategy, add_to_config
 from fedcifar.strategy.population import Population
 
 
@@ -47,6 +47,14 @@ class FedBN(Strategy):
     def aggregate_fit(self, fit_round: FitRound, results: Iterable[ClientResult]) -> Weights:
         local = frozenset(batchnorm_keys(fit_round.global_weights))
         return self.inner.aggregate_fit(dataclasses.replace(fit_round, local_keys=local), results)
+
+    @property
+    def on_sum(self) -> bool:
+        return self.inner.on_sum
+
+    def aggregate_sum(self, fit_round: FitRound, secure: SecureSum) -> Weights:
+        local = frozenset(batchnorm_keys(fit_round.global_weights))
+        return self.inner.aggregate_sum(dataclasses.replace(fit_round, local_keys=local), secure)
 
     def stop_reason(self, server_round: int) -> str:
         return self.inner.stop_reason(server_round)

@@ -29,6 +29,8 @@ from fedcifar.strategy.weighting import Weighting
 
 
 class Scaffold(FedAvg):
+    on_sum = False  # the server needs each client's control delta beside its weights
+
     def __init__(self, num_clients: int, server_lr: float = 0.0, weighting: Weighting | None = None) -> None:
         super().__init__(weighting)
         self.num_clients = num_clients
