@@ -238,6 +238,95 @@ def run(w: Workload, nodes: int, clientapp: str, poll: float | None, tls: bool) 
     }
 
 
+SECURE_STAGES = ("keys", "shares", "masking", "unmasking")
+
+
+def run_secure(w: Workload, nodes: int, clientapp: str, poll: float | None, tls: bool) -> dict[str, Any]:
+    """The ``flower-secagg`` part: the same config through one federation, plain and with secure aggregation.
+
+    Seconds per round of both (round 1 is warm-up), the secure round's protocol stages (server
+    wall seconds; ``masking`` includes the clients' training, ``mask`` is the clients' own masking
+    time, training excluded), and the quantisation error: one round from the same start, plain
+    and secure, whose float weights differ only by it, against :func:`quantisation_bound`.
+    """
+    import fedcifar.flower
+    from fedcifar.data.cifar100 import load_cifar100, resolve_data_dir
+    from fedcifar.data.shards import export_shards
+    from fedcifar.federation import partition_for
+    from fedcifar.flower.deploy import Federation
+    from fedcifar.flower.secagg import quantisation_bound
+
+    t_start = time.perf_counter()
+    data = load_cifar100(w.data_dir or None, download=False)
+    labels = np.asarray(data.train_y)
+    cores = len(os.sched_getaffinity(0))
+    values = deployment_values(w, nodes, statistics.mean(w.images_per_round(labels)), cores)
+    cfg = deployment_config(values)
+    partition = partition_for(cfg, labels)
+    data_dir = resolve_data_dir(w.data_dir or None).resolve()
+    runs: dict[str, pd.DataFrame] = {}
+    with tempfile.TemporaryDirectory(prefix="fedcifar-bench-secagg-") as tmp:
+        work = Path(tmp)
+        export_shards(data.train_x, data.train_y, partition, work / "shards")
+        fed = Federation.up(
+            work / "fed",
+            nodes,
+            tls=tls,
+            auth=tls,
+            node_config=lambda i: {"partition-id": i, "data-path": str(work / "shards")},
+            poll_interval=poll,
+            clientapp=clientapp,
+        )
+        try:
+            for name, extra in (
+                ("plain", {}),
+                ("secure", {"secure_aggregation": True}),
+                ("plain-1", {"rounds": 1}),
+                ("secure-1", {"rounds": 1, "secure_aggregation": True}),
+            ):
+                overrides = " ".join(f"{k}={v}" for k, v in {**values, **extra}.items())
+                config = {"preset": "paper", "overrides": overrides, "out": str(work / name), "data-dir": str(data_dir)}
+                fed.submit(Path(fedcifar.flower.__file__).parent / "app", config, timeout=3600)
+                runs[name] = pd.read_csv(work / name / "metrics.csv")
+        finally:
+            fed.down()
+        from safetensors.torch import load_file
+
+        one = {name: load_file(work / name / "model_global.safetensors") for name in ("plain-1", "secure-1")}
+    error = max(
+        float((one["secure-1"][k].double() - v.double()).abs().max())
+        for k, v in one["plain-1"].items()
+        if v.is_floating_point()
+    )
+    sizes = [len(p) for p in partition]
+    bound = quantisation_bound(cfg.replace(secure_aggregation=True), [n / max(sizes) for n in sizes])
+    plain, secure = round_walls(runs["plain"]), round_walls(runs["secure"])
+    keep = measured(list(range(len(plain))))
+    frame = runs["secure"]
+    stage_medians = {k: statistics.median(frame[f"secagg_{k}_seconds"].iloc[i] for i in keep) for k in SECURE_STAGES}
+    stage_medians["mask"] = statistics.median(frame["secagg_mask_seconds"].iloc[i] for i in keep)
+    plain_spr = statistics.median(plain[i] for i in keep)
+    secure_spr = statistics.median(secure[i] for i in keep)
+    return {
+        "impl": "flower-secagg",
+        "runtime": f"SuperLink + {nodes} SuperNodes on 127.0.0.1 ({'TLS + SuperNode auth' if tls else 'no TLS'}), "
+        f"{clientapp} ClientApp per message",
+        "nodes": nodes,
+        "config": values,
+        "plain_round_seconds": plain,
+        "secure_round_seconds": secure,
+        "plain_seconds_per_round": plain_spr,
+        "secure_seconds_per_round": secure_spr,
+        "secure_ratio": secure_spr / plain_spr,
+        "stage_median_seconds": stage_medians,
+        "quantisation_error_max": error,
+        "quantisation_bound": bound,
+        "clipped_coordinates": float(frame["secagg_clipped"].sum()),
+        "clients_failed": int(frame["clients_failed"].sum()),
+        "total_seconds": time.perf_counter() - t_start,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedcifar.bench.flower_deploy", description=__doc__.splitlines()[0])
     parser.add_argument("workload")
@@ -246,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clientapp", choices=["fresh", "warm"], default="warm")
     parser.add_argument("--poll", type=float, help="SuperExec task poll interval, s (default: fresh 1, warm 0.1)")
     parser.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
+    parser.add_argument("--secure", action="store_true", help="plain against secure aggregation (flower-secagg)")
     args = parser.parse_args(argv)
-    result = run(Workload.load(args.workload), args.nodes, args.clientapp, args.poll, not args.insecure)
+    part = run_secure if args.secure else run
+    result = part(Workload.load(args.workload), args.nodes, args.clientapp, args.poll, not args.insecure)
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 

@@ -102,6 +102,7 @@ def markdown(bench: dict[str, Any]) -> str:
             lines.append(f"| {n} | {_fmt(r.get('peak_rss_self_mb'), '.0f')} |")
     lines += _time_to_accuracy_lines(bench.get("time_to_accuracy") or {})
     lines += deployment_lines(results.get("flower-deployment"))
+    lines += secure_lines(bench.get("secure_aggregation"))
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +153,31 @@ def deployment_lines(r: dict[str, Any] | None) -> list[str]:
         for key, text in STAGE_TEXT.items():
             lines.append(f"| {key} | {text} | {stages['median_seconds'][key]:.2f} | {stages['max_seconds'][key]:.2f} |")
     return lines
+
+
+def secure_lines(r: dict[str, Any] | None) -> list[str]:
+    """The flower-secagg part: plain and secure seconds per round, the stages, the quantisation error."""
+    if not r:
+        return []
+    if "error" in r:
+        return ["", f"Secure aggregation: failed: {r['error']}"]
+    st = r["stage_median_seconds"]
+    return [
+        "",
+        f"Secure aggregation (SecAgg+, Flower's workflow and mod): {r['runtime']}, "
+        f"{r['config']['rounds']} rounds of {r['nodes']} clients, the same config and seed.",
+        "",
+        "| | s/round (median) |",
+        "|---|---:|",
+        f"| plain Flower backend | {r['plain_seconds_per_round']:.2f} |",
+        f"| secure aggregation | {r['secure_seconds_per_round']:.2f} ({r['secure_ratio']:.2f}x) |",
+        "",
+        f"Stages (server wall s, median): keys {st['keys']:.2f}, shares {st['shares']:.2f}, masking "
+        f"(training included) {st['masking']:.2f}, of which the clients' own masking {st['mask']:.2f}, "
+        f"unmasking {st['unmasking']:.2f}. Quantisation error of a round's aggregate: max "
+        f"{r['quantisation_error_max']:.2e} per coordinate (bound {r['quantisation_bound']:.2e}); "
+        f"{r['clipped_coordinates']:.0f} coordinates clipped.",
+    ]
 
 
 def _median_measured(values: list[float]) -> float:

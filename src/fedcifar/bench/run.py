@@ -31,7 +31,9 @@ from fedcifar.bench.workload import Workload
 from fedcifar.data.cifar100 import DataError, resolve_data_dir
 
 IMPLEMENTATIONS = ("fedcifar", "paper-style", "flower", "flower-deployment")
-PARTS = (*IMPLEMENTATIONS, "tta")  # tta: time to a test accuracy on paper-cpu, fast default vs fp32
+# tta: time to a test accuracy on paper-cpu, fast default vs fp32; flower-secagg: plain Flower
+# rounds against secure aggregation on one loopback federation (at least 3 SuperNodes).
+PARTS = (*IMPLEMENTATIONS, "tta", "flower-secagg")
 TTA_PRECISIONS = ("auto", "fp32")
 QUICK = {"rounds": 3, "clients_per_round": 4, "local_epochs": 1}
 # The reference pipelines ship inside the package (installed from a wheel or not): paper_style.py
@@ -127,6 +129,11 @@ def commands(opts: BenchOptions, workload_file: Path, out: Callable[[str], Path]
             *(["--poll", f"{opts.flower_poll:g}"] if opts.flower_poll is not None else []),
             *([] if opts.flower_tls else ["--insecure"]),
         ],
+        "flower-secagg": [
+            *[py, "-m", "fedcifar.bench.flower_deploy", w, str(out("flower-secagg")), "--secure"],
+            *["--nodes", str(max(3, opts.flower_nodes)), "--clientapp", opts.flower_clientapp],
+            *([] if opts.flower_tls else ["--insecure"]),
+        ],
     }
     for precision in TTA_PRECISIONS:
         cmds[f"tta-{precision}"] = [
@@ -157,6 +164,7 @@ def assemble(opts: BenchOptions, parts: dict[str, dict[str, Any]]) -> dict[str, 
         "probe": probe,
         "memory_scaling": {str(n): parts[f"scale-{n}"] for n in opts.scale_clients},
         "time_to_accuracy": {p: parts[f"tta-{p}"] for p in TTA_PRECISIONS if f"tta-{p}" in parts},
+        "secure_aggregation": parts.get("flower-secagg"),
     }
     bench["summary"] = summarize({k: v for k, v in results.items() if "error" not in v}, probe)
     return bench
@@ -186,6 +194,7 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> dict[st
         *[i for i in IMPLEMENTATIONS if i in opts.implementations],
         *[f"scale-{n}" for n in opts.scale_clients],
         *([f"tta-{p}" for p in TTA_PRECISIONS] if "tta" in opts.implementations else []),
+        *(["flower-secagg"] if "flower-secagg" in opts.implementations else []),
     ]
     if "fedcifar" not in opts.implementations:
         order.remove("probe")

@@ -261,6 +261,7 @@ def _secure_aggregate(
     new_weights = server.strategy.aggregate_sum(fit, secure) if secure.count else dict(fit.global_weights)
     fit.metrics.update({f"secagg_{stage}_seconds": s for stage, s in stages.items()})
     fit.metrics["secagg_clipped"] = sum(r.metrics.get("secagg_clipped", 0.0) for r in kept)  # coordinates at ±c
+    fit.metrics["secagg_mask_seconds"] = max((r.metrics.get("secagg_mask_seconds", 0.0) for r in kept), default=0.0)
     return new_weights, kept, waited
 
 
