@@ -28,6 +28,7 @@ from fedcifar.data.shards import export_shards
 from fedcifar.federation import client_instructions, model_spec, partition_for
 from fedcifar.flower.deploy import Federation
 from fedcifar.flower.secagg import QUANTISATION_LEVELS, RECEIVED_ENV, STALL_KEY, quantisation_bound
+from fedcifar.model.spec import is_statistic
 from fedcifar.server.backend import FitTask
 from fedcifar.sim.engine import run_training
 from fedcifar.sim.local import LocalBackend
@@ -83,8 +84,10 @@ def _received(fed: Federation) -> list[dict]:
     return lines
 
 
-def _float_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+def _float_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], statistics: bool = False) -> float:
+    """The largest difference over the trained float tensors (or over the BatchNorm statistics)."""
+    keys = [k for k in a if a[k].is_floating_point() and is_statistic(k) == statistics]
+    return max((float((a[k].double() - b[k].double()).abs().max()) for k in keys), default=0.0)
 
 
 def test_secure_fedavg_equals_the_plain_aggregate_within_the_quantisation_bound(federation, tmp_path, cifar):
@@ -104,6 +107,8 @@ def test_secure_fedavg_equals_the_plain_aggregate_within_the_quantisation_bound(
     assert bound == pytest.approx(2 * 8.0 / QUANTISATION_LEVELS)
     diff = _float_diff(secure, plain)
     assert 0 < diff <= bound + 1e-6  # masks and quantisation really ran; + float32 rounding of w + mean
+    # Running statistics travel divided by 64, so their bound is 64 times larger.
+    assert 0 < _float_diff(secure, plain, statistics=True) <= quantisation_bound(_cfg(), [1.0] * 3, True) + 1e-5
     for k, v in plain.items():  # counters are not aggregated: they keep the global (initial) values
         if not v.is_floating_point():
             assert torch.equal(secure[k], read_weights(model_spec(_cfg()).build(seed=_cfg().seed))[k])
@@ -173,5 +178,6 @@ def test_a_node_killed_after_sharing_its_keys_is_recovered_and_the_survivors_are
     plain = mean.result(like=start)
     top = max(sizes.values())
     secure = load_file(out / "model_global.safetensors")
-    bound = quantisation_bound(cfg, [n / top for n in sizes.values()])
-    assert _float_diff(secure, plain) <= bound + 1e-5  # + the weights' 2^-21 rounding
+    weights = [n / top for n in sizes.values()]
+    assert _float_diff(secure, plain) <= quantisation_bound(cfg, weights) + 1e-5  # + the weights' 2^-21 rounding
+    assert _float_diff(secure, plain, statistics=True) <= quantisation_bound(cfg, weights, statistic=True) + 1e-4

@@ -293,13 +293,18 @@ def run_secure(w: Workload, nodes: int, clientapp: str, poll: float | None, tls:
         from safetensors.torch import load_file
 
         one = {name: load_file(work / name / "model_global.safetensors") for name in ("plain-1", "secure-1")}
-    error = max(
-        float((one["secure-1"][k].double() - v.double()).abs().max())
-        for k, v in one["plain-1"].items()
-        if v.is_floating_point()
-    )
+    from fedcifar.model.spec import is_statistic
+
+    def error(statistics: bool) -> float:
+        diffs = [
+            float((one["secure-1"][k].double() - v.double()).abs().max())
+            for k, v in one["plain-1"].items()
+            if v.is_floating_point() and is_statistic(k) == statistics
+        ]
+        return max(diffs, default=0.0)
+
     sizes = [len(p) for p in partition]
-    bound = quantisation_bound(cfg.replace(secure_aggregation=True), [n / max(sizes) for n in sizes])
+    secure_cfg, weights = cfg.replace(secure_aggregation=True), [n / max(sizes) for n in sizes]
     plain, secure = round_walls(runs["plain"]), round_walls(runs["secure"])
     keep = measured(list(range(len(plain))))
     frame = runs["secure"]
@@ -319,8 +324,10 @@ def run_secure(w: Workload, nodes: int, clientapp: str, poll: float | None, tls:
         "secure_seconds_per_round": secure_spr,
         "secure_ratio": secure_spr / plain_spr,
         "stage_median_seconds": stage_medians,
-        "quantisation_error_max": error,
-        "quantisation_bound": bound,
+        "quantisation_error_max": error(False),
+        "quantisation_bound": quantisation_bound(secure_cfg, weights),
+        "statistics_error_max": error(True),
+        "statistics_bound": quantisation_bound(secure_cfg, weights, statistic=True),
         "clipped_coordinates": float(frame["secagg_clipped"].sum()),
         "clients_failed": int(frame["clients_failed"].sum()),
         "total_seconds": time.perf_counter() - t_start,

@@ -175,7 +175,8 @@ def secure_lines(r: dict[str, Any] | None) -> list[str]:
         f"Stages (server wall s, median): keys {st['keys']:.2f}, shares {st['shares']:.2f}, masking "
         f"(training included) {st['masking']:.2f}, of which the clients' own masking {st['mask']:.2f}, "
         f"unmasking {st['unmasking']:.2f}. Quantisation error of a round's aggregate: max "
-        f"{r['quantisation_error_max']:.2e} per coordinate (bound {r['quantisation_bound']:.2e}); "
+        f"{r['quantisation_error_max']:.2e} per weight (bound {r['quantisation_bound']:.2e}), "
+        f"{r['statistics_error_max']:.2e} per BatchNorm statistic (bound {r['statistics_bound']:.2e}); "
         f"{r['clipped_coordinates']:.0f} coordinates clipped.",
     ]
 

@@ -31,6 +31,7 @@ from fedcifar.federation import model_spec
 from fedcifar.flower import codec, secagg
 from fedcifar.flower.warm import quick_pulls
 from fedcifar.messages import ClientFailure, ClientResult, Weights
+from fedcifar.model.spec import is_statistic
 from fedcifar.runtime import Runtime
 from fedcifar.server.backend import FitTask
 from fedcifar.strategy.base import SecureSum
@@ -205,7 +206,10 @@ class FlowerBackend:
         if not summed:
             return empty, failures, done.seconds
         weight = sum(factors[c] for c in summed)
-        deltas = {k: torch.from_numpy(np.asarray(v, dtype=np.float64) * weight).float() for k, v in done.mean.items()}
+        scale = {k: codec.SECURE_STAT_SCALE if is_statistic(k) else 1.0 for k in done.mean}
+        deltas = {
+            k: torch.from_numpy(np.asarray(v, np.float64) * weight * scale[k]).float() for k, v in done.mean.items()
+        }
         results = []
         for client, metrics in summed.items():
             num_examples = int(metrics.pop("num_examples"))

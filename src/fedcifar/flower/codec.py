@@ -22,10 +22,14 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 
 from fedcifar.config import Config, config_from_dict
 from fedcifar.messages import ClientInstructions, ClientResult, ClientState, Weights
+from fedcifar.model.spec import is_statistic
 
 ARRAYS, CONFIG, METRICS, EXTRAS = "arrays", "config", "metrics", "extras."
 STATE = "fedcifar."  # the prefix of this package's records in a node's context.state
 SECURE_MAX_WEIGHT = float(2**20)  # a client's weight r_i in (0, 1] travels as round(r_i * this) "examples"
+# BatchNorm running statistics travel divided by this: a running variance can move by more than
+# the clipping range in a round (ResNet-18 on `paper`: hundreds of coordinates past 8), a weight cannot.
+SECURE_STAT_SCALE = 64.0
 TENSOR_FIELDS = ("control_server",)
 SCALAR_FIELDS = tuple(f.name for f in dataclasses.fields(ClientInstructions) if f.name not in TENSOR_FIELDS)
 
@@ -128,10 +132,14 @@ def decode_secure_fit(content: RecordDict) -> tuple[Config, int, ClientInstructi
 def encode_secure_result(result: ClientResult, global_weights: Weights, weight: float, clip: float) -> RecordDict:
     """The FitRes Flower's mod scales by r_i and masks: w_i - w of every float tensor, r_i as num_examples.
 
+    BatchNorm statistics' deltas are divided by ``SECURE_STAT_SCALE`` (the server multiplies back).
+
     ``secagg_clipped`` counts the coordinates the mod will clip to ±``clip``.
     """
     deltas = [
-        (result.weights[k].float() - w.float()).numpy() for k, w in global_weights.items() if w.is_floating_point()
+        ((result.weights[k].float() - w.float()) / (SECURE_STAT_SCALE if is_statistic(k) else 1.0)).numpy()
+        for k, w in global_weights.items()
+        if w.is_floating_point()
     ]
     metrics = {**result.metrics, "num_examples": result.num_examples, "client_id": result.client_id}
     metrics["secagg_clipped"] = float(sum(int((np.abs(weight * d) > clip).sum()) for d in deltas))

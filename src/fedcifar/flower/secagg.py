@@ -12,8 +12,9 @@ keeps its own round loop, so this module drives that workflow for one round at a
 * :func:`secagg_mod` is the client side: Flower's ``secaggplus_mod`` on the train messages of a
   secure round; every other message passes straight through.
 
-What travels. Each client sends ``Δ_i = w_i - w`` (every float tensor: a delta is small, so
-BatchNorm's running variances, which may exceed ``secagg_clipping_range`` as weights, do not),
+What travels. Each client sends ``Δ_i = w_i - w`` of every float tensor (BatchNorm's running
+statistics divided by ``codec.SECURE_STAT_SCALE``, 64: a running variance can move by more than
+``secagg_clipping_range`` in a round, a weight does not),
 scaled by its weight ``r_i = f_i / max_j f_j`` (f: the round's aggregation factor, FedAvg's n_i,
 known to the server) and masked; the weight itself travels as the masked vector's first entry,
 so the unmasked result is Σ r_i Δ_i / Σ r_i. Integer buffers (``num_batches_tracked``) are not
@@ -73,10 +74,13 @@ def protocol_size(cfg: Config, n: int) -> tuple[int | float, int]:
     return (1.0 if shares == n else shares), min(threshold, shares)
 
 
-def quantisation_bound(cfg: Config, weights: list[float]) -> float:
-    """The largest error of one coordinate of the unmasked mean, for clients of these weights r_i."""
+def quantisation_bound(cfg: Config, weights: list[float], statistic: bool = False) -> float:
+    """The largest error of one coordinate of the unmasked mean, for clients of these weights r_i.
+
+    A BatchNorm statistic travels divided by ``codec.SECURE_STAT_SCALE``: its bound is that much larger.
+    """
     step = 2 * cfg.secagg_clipping_range / QUANTISATION_LEVELS
-    return len(weights) * step / sum(weights)
+    return len(weights) * step / sum(weights) * (codec.SECURE_STAT_SCALE if statistic else 1.0)
 
 
 class TimedWorkflow(SecAggPlusWorkflow):
