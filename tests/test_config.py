@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -93,8 +95,8 @@ def test_keys_the_run_does_not_read_are_named():
 
     assert unused_keys(build_config("paper", None, {"proximal_mu": 0.1})) == ["proximal_mu=0.1"]
     assert unused_keys(build_config("paper", None, {"strategy": "fedprox", "proximal_mu": 0.1})) == []
-    cfg = build_config("paper", None, {"strategy": "fedadam", "server_momentum": 0.5, "disco_a": 1.0, "tau": 0.2})
-    assert unused_keys(cfg) == ["server_momentum=0.5", "disco_a=1.0"]
+    cfg = build_config("paper", None, {"strategy": "fedadam", "server_momentum": 0.7, "disco_a": 1.0, "tau": 0.2})
+    assert unused_keys(cfg) == ["server_momentum=0.7", "disco_a=1.0"]
     assert unused_keys(build_config("paper")) == []
 
 
@@ -119,3 +121,15 @@ def test_config_yaml_names_the_default_a_zero_server_lr_or_tau_stands_for(tmp_pa
     save_yaml(explicit, tmp_path / "explicit.yaml")
     assert "server_lr: 0.3\n" in (tmp_path / "explicit.yaml").read_text()
     assert build_strategy(explicit).server_lr == 0.3
+
+
+def test_paper_cpu_plus_keeps_the_papers_federation_and_changes_only_the_algorithm():
+    base, plus = build_config("paper-cpu"), build_config("paper-cpu-plus")
+    changed = {f.name for f in dataclasses.fields(Config) if getattr(base, f.name) != getattr(plus, f.name)}
+    assert changed == {"strategy", "server_lr"}  # server_momentum: 0.5 is the default too
+    assert (plus.strategy, plus.server_lr, plus.server_momentum) == ("fedavgm", 1.0, 0.5)
+    assert plus.val_size == 0 and plus.rounds == 100 and plus.num_clients == 64  # all 50,000 images
+
+
+def test_fedavgm_momentum_default_is_the_tuned_one():
+    assert build_config("paper", None, {"strategy": "fedavgm"}).server_momentum == 0.5
