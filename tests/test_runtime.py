@@ -20,7 +20,8 @@ from fedcifar.client.train import load_weights, read_weights, unwrap
 from fedcifar.config import build_config
 from fedcifar.federation import model_spec, partition_for
 from fedcifar.runtime import Runtime, compile_pays, resolve_runtime, worker_layout
-from fedcifar.sim.executor import ModelPool, largest_first
+from fedcifar.server.backend import largest_first
+from fedcifar.sim.executor import ModelPool
 from fedcifar.sim.local import LocalBackend
 
 CPU_BF16 = Runtime(torch.device("cpu"), torch.bfloat16, True, 2, 1)

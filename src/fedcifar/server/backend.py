@@ -23,6 +23,16 @@ from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, W
 from fedcifar.strategy.base import SecureSum
 
 
+def largest_first(sizes: Sequence[int]) -> list[int]:
+    """Positions of ``sizes`` from largest to smallest (stable for ties): the fold order.
+
+    The loop folds a round's results in this order, and the local backend submits its clients
+    in it (LPT scheduling: the longest clients first keep the last worker from idling while one
+    big client finishes alone), so its results arrive in the order they are folded.
+    """
+    return sorted(range(len(sizes)), key=lambda i: -sizes[i])
+
+
 @dataclass(frozen=True)
 class FitTask:
     client_id: int

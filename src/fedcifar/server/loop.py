@@ -30,7 +30,7 @@ from fedcifar.config import Config, ConfigError, unused_keys
 from fedcifar.federation import client_instructions, malicious_clients, model_spec
 from fedcifar.messages import ClientFailure, ClientResult, Weights
 from fedcifar.privacy.noise import secure_rng
-from fedcifar.server.backend import Backend, FitTask, HoldsClientState, SumsSecurely, Validates
+from fedcifar.server.backend import Backend, FitTask, HoldsClientState, SumsSecurely, Validates, largest_first
 from fedcifar.server.checks import clip_update, non_finite, result_problem, update_norm
 from fedcifar.server.rows import summary_line, test_row, train_row, val_row
 from fedcifar.strategy.aggregate import median_statistics, statistics_of
@@ -111,11 +111,8 @@ def screen_result(
 
 
 def fold_order(clients: Sequence[int], sizes: Sequence[int]) -> list[int]:
-    """The order results reach the strategy: largest registered client first, ties in selection order.
-
-    The local backend trains in this order (LPT scheduling), so its results arrive in it.
-    """
-    return sorted(clients, key=lambda c: -int(sizes[c]))
+    """The order results reach the strategy: largest registered client first, ties in selection order."""
+    return [clients[i] for i in largest_first([int(sizes[c]) for c in clients])]
 
 
 class _Arrivals:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, nullcontext
@@ -38,15 +38,6 @@ LATE = Late()
 class Slot:
     model: nn.Module
     stream: Any = None  # a torch.cuda.Stream, or None on CPU
-
-
-def largest_first(sizes: Sequence[int]) -> list[int]:
-    """Positions of ``sizes`` from largest to smallest (stable for ties).
-
-    Submitting the longest clients first (LPT scheduling) keeps the last worker from idling
-    while one big client finishes alone at the end of a round.
-    """
-    return sorted(range(len(sizes)), key=lambda i: -sizes[i])
 
 
 class ModelPool:

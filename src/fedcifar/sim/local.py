@@ -1,7 +1,7 @@
 """The local backend: every client of a federation trained in this process, on a thread pool.
 
 The whole dataset sits on the device once; a client's data is an index tensor into it.
-Clients of a round are submitted largest first (see :func:`largest_first`) to a
+Clients of a round are submitted largest first (:func:`~fedcifar.server.backend.largest_first`) to a
 :class:`~fedcifar.sim.executor.ModelPool` of one model per worker, and their results come
 back in submission order, the order the round loop folds them in (``fold_order``), so which
 worker finishes first never changes the aggregate: on CPU, a run of this backend is bit-for-bit
@@ -41,8 +41,8 @@ from fedcifar.errors import one_line
 from fedcifar.federation import loss_sample, model_spec, validation_indices
 from fedcifar.messages import ClientFailure, ClientInstructions, ClientResult, Weights
 from fedcifar.runtime import Runtime
-from fedcifar.server.backend import FitTask
-from fedcifar.sim.executor import LATE, ModelPool, largest_first
+from fedcifar.server.backend import FitTask, largest_first
+from fedcifar.sim.executor import LATE, ModelPool
 from fedcifar.sim.store import ClientStore
 
 log = logging.getLogger("fedcifar.sim")
