@@ -141,7 +141,9 @@ def run_centralized(
         row = _epoch_row(epoch, stats, n, time.perf_counter() - t0)
         t_eval = time.perf_counter()
         row.update(
-            test_row(eval_counts(model, None, test_x, test_y, runtime, cfg.eval_batch_size), population.label_counts)
+            test_row(
+                eval_counts(model, None, test_x, test_y, runtime, runtime.eval_batch_size), population.label_counts
+            )
         )
         row["eval_seconds"] = time.perf_counter() - t_eval
         row["round_seconds"] = time.perf_counter() - t0

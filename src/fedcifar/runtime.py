@@ -25,6 +25,9 @@ from fedcifar.config import Config
 # warm-up (not measured here: no GPU on the development machine). CPU: see fedcifar.calibrate,
 # which measures instead.
 COMPILE_MIN_IMAGES_PER_WORKER_CUDA = 200_000
+# eval_batch_size=0 without a measurement: large batches keep a GPU busy; on a CPU 250 was never
+# slower than 1000 on the machines measured (docs/performance.md).
+STATIC_EVAL_BATCH = {"cuda": 1000, "cpu": 250}
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Runtime:
     workers: int
     threads_per_worker: int
     compile: bool = False
+    eval_batch_size: int = 1000  # test and validation batches
     calibration: str = ""  # what fedcifar.calibrate measured (or read from its cache), if it decided
 
     @property
@@ -163,7 +167,7 @@ def compile_pays(cfg: Config, device_type: str, workers: int) -> bool:
 
 def resolve_runtime(cfg: Config) -> Runtime:
     """Where and how ``cfg`` runs, with auto by the static rule: bf16 where supported, compile on
-    CUDA for long runs. The engines that train a whole run use
+    CUDA for long runs, evaluation batches of ``STATIC_EVAL_BATCH``. The engines that train a whole run use
     :func:`fedcifar.calibrate.resolve_runtime`, which measures on a CPU instead."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         from fedcifar.config import ConfigError
@@ -176,4 +180,7 @@ def resolve_runtime(cfg: Config) -> Runtime:
     )
     wants_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
     amp = torch.bfloat16 if wants_bf16 else None
-    return Runtime(device, amp, cfg.channels_last, workers, threads, compile_pays(cfg, device.type, workers))
+    eval_batch = cfg.eval_batch_size or STATIC_EVAL_BATCH.get(device.type, 1000)
+    return Runtime(
+        device, amp, cfg.channels_last, workers, threads, compile_pays(cfg, device.type, workers), eval_batch
+    )

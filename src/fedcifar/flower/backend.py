@@ -234,7 +234,7 @@ class FlowerBackend:
             f.write(json.dumps(line) + "\n")
 
     def evaluate(self, weights: Weights) -> EvalCounts:
-        return eval_counts(self.model, weights, self.test_x, self.test_y, self.runtime, self.cfg.eval_batch_size)
+        return eval_counts(self.model, weights, self.test_x, self.test_y, self.runtime, self.runtime.eval_batch_size)
 
     def client_losses(self, server_round: int, weights: Weights, client_ids: Sequence[int]) -> list[float]:
         """Each candidate's loss from an evaluate message; a node that fails is never picked (-inf)."""

@@ -157,7 +157,7 @@ def local_loss(msg: Message, context: Context) -> Message:
         runtime = client_runtime(cfg)
         model = runtime.prepare(model_spec(cfg).build(seed=cfg.seed))
         weights = codec.from_record(msg.content[codec.ARRAYS])
-        counts = eval_counts(model, weights, images, labels, runtime, cfg.eval_batch_size, fold_bn=False)
+        counts = eval_counts(model, weights, images, labels, runtime, runtime.eval_batch_size, fold_bn=False)
     except (DataError, ValueError, RuntimeError, KeyError) as exc:
         return _fail(msg, exc)
     record = MetricRecord({"client_id": client_id, "loss": counts.scores()["loss"]})

@@ -122,7 +122,7 @@ class LocalBackend:
     def _sharded_eval(self, weights: Weights, images: torch.Tensor, labels: torch.Tensor) -> EvalCounts:
         n, workers = len(labels), self.pool.workers
         bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
-        run = partial(eval_counts, weights=weights, runtime=self.runtime, batch_size=self.cfg.eval_batch_size)
+        run = partial(eval_counts, weights=weights, runtime=self.runtime, batch_size=self.runtime.eval_batch_size)
         jobs = [partial(run, images=images[a:b], labels=labels[a:b]) for a, b in bounds if b > a]
         return functools.reduce(operator.add, self.pool.map(jobs))
 
@@ -132,7 +132,9 @@ class LocalBackend:
         No BatchNorm folding here: a folded copy per client would cost more than it saves.
         """
         cfg = self.cfg
-        run = partial(eval_counts, weights=weights, runtime=self.runtime, batch_size=cfg.eval_batch_size, fold_bn=False)
+        run = partial(
+            eval_counts, weights=weights, runtime=self.runtime, batch_size=self.runtime.eval_batch_size, fold_bn=False
+        )
         jobs = []
         for cid in client_ids:
             images, labels = self.client_data(cid)
