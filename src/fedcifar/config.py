@@ -99,7 +99,8 @@ class Config:
     strategy: StrategyName = "fedavg"
     client_selection: ClientSelection = "uniform"
     client_weighting: ClientWeighting = "num_examples"
-    proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
+    # fedprox: weight of (mu/2)||w - w_global||^2; Li et al. 2020 (0.1 and 1 screened lower: docs/tuning.md)
+    proximal_mu: float = 0.01
     # server_lr and tau: 0 = the strategy's default (STRATEGY_DEFAULTS below; config.yaml names it).
     # docs/strategies.md lists every default with its source.
     server_lr: float = 0.0  # fedavgm, fedadam/yogi/adagrad, scaffold
