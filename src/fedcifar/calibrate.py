@@ -58,8 +58,11 @@ class Choice:
     source: str  # "measured" or "cached"
 
     def describe(self) -> str:
-        rates = ", ".join(f"{name} {rate:.0f}" for name, rate in self.rates.items())
-        return f"{self.source} images/s: {rates}"
+        return f"{self.source} images/s: {rates_text(self.rates)}"
+
+
+def rates_text(rates: dict[str, float]) -> str:
+    return ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items())
 
 
 def cache_dir() -> Path:
@@ -212,8 +215,7 @@ def calibrated_eval_batch(build: Callable[[], torch.nn.Module], key: str, runtim
         return {"eval_batch_size": best, "rates": rates}
 
     hit, source = _remember(key, lambda hit: "eval_batch_size" in hit, fresh)
-    rates = ", ".join(f"{name} {rate:.0f}" for name, rate in hit["rates"].items())
-    return int(hit["eval_batch_size"]), f"{source} {rates}"
+    return int(hit["eval_batch_size"]), f"{source} {rates_text(hit['rates'])}"
 
 
 def resolve_runtime(cfg: Config) -> Runtime:
