@@ -226,7 +226,7 @@ def test_scaffold_updates_c_from_the_clients_deltas_and_keeps_c_the_mean_of_all_
 
 
 def test_scaffold_refuses_a_client_without_a_control_variate_update():
-    strategy = Scaffold(num_clients=2)
+    strategy = Scaffold(num_clients=2, server_lr=1.0)
     strategy.configure_fit(1, [0])
     with pytest.raises(ValueError, match="no SCAFFOLD control variate update"):
         aggregate(strategy, 1, _global(), _results(_global(), [4]))

@@ -71,14 +71,16 @@ def adaptive_step(
 
 
 class FedOpt(FedAvg):
-    """FedAvg's mean followed by ``server_step`` on the pseudo-gradient. Subclasses add state."""
+    """FedAvg's mean followed by ``server_step`` on the pseudo-gradient. Subclasses add state.
 
-    default_lr = 1.0
+    Step sizes come in explicitly: their defaults live in one place, ``config.STRATEGY_DEFAULTS``.
+    """
+
     slots: tuple[str, ...] = ()  # names of per-parameter state tensors, saved in checkpoints
 
-    def __init__(self, server_lr: float = 0.0, weighting: Weighting | None = None) -> None:
+    def __init__(self, server_lr: float, weighting: Weighting | None = None) -> None:
         super().__init__(weighting)
-        self.server_lr = server_lr or self.default_lr
+        self.server_lr = server_lr
         self.state: dict[str, Weights] = {slot: {} for slot in self.slots}
 
     def server_step(self, delta: Weights) -> Weights:
@@ -104,7 +106,7 @@ class FedOpt(FedAvg):
 class FedAvgM(FedOpt):
     slots = ("velocity",)
 
-    def __init__(self, server_lr: float = 0.0, momentum: float = 0.9, weighting: Weighting | None = None) -> None:
+    def __init__(self, server_lr: float, momentum: float, weighting: Weighting | None = None) -> None:
         super().__init__(server_lr, weighting)
         self.momentum = momentum
 
@@ -120,20 +122,13 @@ class FedAdaptive(FedOpt):
     """The three adaptive optimizers of Reddi et al. share everything but the v update."""
 
     rule = "adam"
-    default_lr = 1.0
-    default_tau = 0.1
     slots = ("m", "v")
 
     def __init__(
-        self,
-        server_lr: float = 0.0,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 0.0,
-        weighting: Weighting | None = None,
+        self, server_lr: float, beta1: float, beta2: float, tau: float, weighting: Weighting | None = None
     ) -> None:
         super().__init__(server_lr, weighting)
-        self.beta1, self.beta2, self.tau = beta1, beta2, tau or self.default_tau
+        self.beta1, self.beta2, self.tau = beta1, beta2, tau
 
     def server_step(self, delta: Weights) -> Weights:
         old_m, old_v = self.state["m"], self.state["v"]
@@ -156,5 +151,3 @@ class FedYogi(FedAdaptive):
 
 class FedAdagrad(FedAdaptive):
     rule = "adagrad"
-    default_lr = 0.1
-    default_tau = 0.01

@@ -31,10 +31,10 @@ from fedcifar.strategy.weighting import Weighting
 class Scaffold(FedAvg):
     on_sum = False  # the server needs each client's control delta beside its weights
 
-    def __init__(self, num_clients: int, server_lr: float = 0.0, weighting: Weighting | None = None) -> None:
+    def __init__(self, num_clients: int, server_lr: float, weighting: Weighting | None = None) -> None:
         super().__init__(weighting)
         self.num_clients = num_clients
-        self.server_lr = server_lr or 1.0
+        self.server_lr = server_lr
         self.c: Weights = {}  # empty = zero (before the first aggregation)
 
     def configure_fit(self, server_round: int, client_ids: list[int]) -> FitConfig:
