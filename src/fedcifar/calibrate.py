@@ -88,13 +88,10 @@ def cpu_name() -> str:
     return " ".join([name, *wanted])
 
 
-def cache_key(arch: str, norm: str, batch_size: int, workers: int, threads: int) -> str:
-    return f"v{CACHE_VERSION} | {cpu_name()} | torch {torch.__version__} | {arch}/{norm} b{batch_size} | {workers}x{threads}"
-
-
-def eval_cache_key(arch: str, norm: str, bf16: bool, workers: int, threads: int) -> str:
-    precision = "bf16" if bf16 else "fp32"
-    return f"v{CACHE_VERSION} | {cpu_name()} | torch {torch.__version__} | {arch}/{norm} eval {precision} | {workers}x{threads}"
+def cache_key(arch: str, norm: str, job: str, workers: int, threads: int) -> str:
+    """Where a verdict is cached: per machine, torch, model, job (``b64`` training, ``eval bf16``)
+    and worker layout."""
+    return f"v{CACHE_VERSION} | {cpu_name()} | torch {torch.__version__} | {arch}/{norm} {job} | {workers}x{threads}"
 
 
 def _load_cache(path: Path) -> dict:
@@ -233,7 +230,7 @@ def resolve_runtime(cfg: Config) -> Runtime:
     notes = []
     if "auto" in (cfg.precision, cfg.compile):
         try_compile = cfg.compile == "auto" and images >= COMPILE_CANDIDATE_MIN_IMAGES_PER_WORKER
-        key = cache_key(cfg.model, cfg.norm, cfg.batch_size, runtime.workers, runtime.threads_per_worker)
+        key = cache_key(cfg.model, cfg.norm, f"b{cfg.batch_size}", runtime.workers, runtime.threads_per_worker)
         base = replace(runtime, amp_dtype=None, compile=False)  # fp32, eager
         choice = calibrated(build, key, base, bf16_supported(base.device), try_compile, cfg.batch_size)
         runtime = replace(
@@ -244,7 +241,8 @@ def resolve_runtime(cfg: Config) -> Runtime:
         notes.append(choice.describe())
     if cfg.eval_batch_size == 0:
         bf16 = runtime.amp_dtype is not None
-        key = eval_cache_key(cfg.model, cfg.norm, bf16, runtime.workers, runtime.threads_per_worker)
+        job = f"eval {'bf16' if bf16 else 'fp32'}"
+        key = cache_key(cfg.model, cfg.norm, job, runtime.workers, runtime.threads_per_worker)
         batch, note = calibrated_eval_batch(build, key, replace(runtime, compile=False))
         runtime = replace(runtime, eval_batch_size=batch)
         notes.append(f"{note}: eval batch {batch}")
