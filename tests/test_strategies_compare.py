@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fedcifar.compare import markdown_table, parse_variant, parse_variants, seed_spread, summarize, variant_config
-from fedcifar.config import ConfigError, build_config
+from fedcifar.config import ConfigError, build_config, effective
 
 
 def test_variants_parse_names_and_overrides():
@@ -28,7 +28,7 @@ def test_variants_parse_names_and_overrides():
         variant_config(build_config("smoke"), parse_variant("fedfoo"))
 
 
-def test_summary_reports_final_best_rounds_to_target_and_wall_time():
+def test_summary_reports_final_best_p10_rounds_and_seconds_to_each_target_and_wall_time():
     frames = {
         "a": pd.DataFrame(
             {
@@ -36,21 +36,49 @@ def test_summary_reports_final_best_rounds_to_target_and_wall_time():
                 "test_acc": [0.01, 0.06, 0.05],
                 "test_loss": [4.6, 4.5, 4.25],
                 "round_seconds": [10.0, 11.0, 12.0],
+                "client_acc_p10": [0.0, 0.02, 0.03],
             }
         ),
         "b": pd.DataFrame(
             {"round": [1, 2, 3], "test_acc": [0.01, 0.02, 0.03], "test_loss": [5.0] * 3, "round_seconds": [5.0] * 3}
         ),
     }
-    table = summarize(frames, target=0.05)
+    table = summarize(frames, targets=(0.02, 0.05))
     a, b = table.iloc[0], table.iloc[1]
-    assert (a.final_test_acc, a.best_test_acc, a.best_round, a.rounds_to_target) == (0.05, 0.06, 2, 2)
-    assert a.wall_seconds == 33.0 and a.seconds_per_round == 11.0 and a.seconds_to_target == 21.0
-    assert math.isnan(b.rounds_to_target) or b.rounds_to_target is None
-    text = markdown_table(table, 0.05)
-    assert "| rounds to 5.0% | seconds to 5.0% |" in text
-    assert "| `a` | 5.00% | 6.00% | 2 | 4.25 | 2 | 21 | 33 | 11.0 |" in text
-    assert "| `b` | 3.00% | 3.00% | 3 | 5.00 | not reached | – | 15 | 5.0 |" in text
+    assert (a.final_test_acc, a.best_test_acc, a.best_round, a.final_client_acc_p10) == (0.05, 0.06, 2, 0.03)
+    assert (a["rounds_to_0.02"], a["seconds_to_0.02"], a["rounds_to_0.05"], a["seconds_to_0.05"]) == (2, 21.0, 2, 21.0)
+    assert a.wall_seconds == 33.0 and a.seconds_per_round == 11.0
+    assert (b["rounds_to_0.02"], b["seconds_to_0.02"]) == (2, 10.0)  # the first round at or above the target
+    assert pd.isna(b["rounds_to_0.05"]) and pd.isna(b["seconds_to_0.05"]) and math.isnan(b.final_client_acc_p10)
+    text = markdown_table(table, (0.02, 0.05))
+    assert "| client p10 | final test loss | rounds to 2% | seconds to 2% | rounds to 5% | seconds to 5% |" in text
+    assert "| `a` | 5.00% | 6.00% | 2 | 3.00% | 4.25 | 2 | 21 | 2 | 21 | 33 | 11.0 |" in text
+    assert "| `b` | 3.00% | 3.00% | 3 | – | 5.00 | 2 | 10 | not reached | – | 15 | 5.0 |" in text
+
+
+def test_compare_refuses_a_bad_or_repeated_target_before_any_data_loads(tmp_path, capsys):
+    from fedcifar.cli import main
+
+    for flags, reason in (
+        (["--target", "30"], "in (0, 1], got 30"),
+        (["--target", "0.2", "--target", "0.2"], "repeats"),
+    ):
+        code = main(
+            [
+                "compare",
+                "--preset",
+                "smoke",
+                "--data-dir",
+                str(tmp_path),
+                "--no-download",
+                "--out",
+                str(tmp_path / "o"),
+                *flags,
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code != 0 and reason in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_seed_spread_groups_variants_that_differ_only_in_seed():
@@ -66,3 +94,19 @@ def test_seed_spread_groups_variants_that_differ_only_in_seed():
     assert "`fedavg`, `fedavg:seed=1`, `fedavg:seed=2` (3 seeds)" in line
     assert "final test acc 32.00% ± 2.00% (range 4.00%)" in line and "best 33.00% ± 2.00%" in line
     assert seed_spread(table.iloc[[0, 3]], [variants[0], variants[3]]) == []
+
+
+def test_default_comparison_is_every_strategy_at_its_default_with_fedavg_on_three_seeds():
+    from fedcifar.cli import DEFAULT_COMPARE
+
+    base = build_config("compare")
+    configs = [variant_config(base, v) for v in parse_variants(list(DEFAULT_COMPARE))]
+    assert base.rounds == 50
+    assert sorted(c.seed for c in configs if c.replace(seed=0) == base) == [0, 1, 2]
+    strategies = {c.strategy for c in configs}
+    assert {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "scaffold", "feddyn", "fedexp"} <= strategies
+    assert any(c.client_weighting == "feddisco" for c in configs)
+    assert any(c.fedlc_tau > 0 for c in configs) and any(c.feddecorr_beta > 0 for c in configs)
+    recipe = build_config("paper-cpu-plus").replace(rounds=base.rounds)
+    resolved = [c.replace(server_lr=effective(c, "server_lr")) for c in configs]
+    assert recipe in resolved  # the paper-cpu-plus recipe is one of the rows (fedavgm at its defaults)

@@ -155,7 +155,7 @@ def test_compare_command_writes_table_and_plot_and_fedprox_mu0_equals_fedavg(tmp
     args += set_args(tiny())
     assert main([*args, "--strategies", "fedavg", "fedprox:proximal_mu=0"]) == 0
     printed = capsys.readouterr().out
-    assert "| `fedprox:proximal_mu=0` |" in printed and "rounds to 1.0%" in printed
+    assert "| `fedprox:proximal_mu=0` |" in printed and "rounds to 1%" in printed and "client p10" in printed
     table = pd.read_csv(out / "comparison.csv")
     assert list(table["variant"]) == ["fedavg", "fedprox:proximal_mu=0"]
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"

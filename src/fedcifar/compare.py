@@ -8,8 +8,9 @@ round's client seeds are the same; only what the variant changes differs. Runs g
 complete run of the same config is read back, and an interrupted one is resumed, so the
 command can be re-run. A directory holding a run of another config is an error.
 
-Outputs: ``comparison.csv`` and ``comparison.md`` (final and best test accuracy, rounds to a
-target accuracy, wall time) and ``comparison.png`` (test accuracy against round).
+Outputs: ``comparison.csv`` and ``comparison.md`` (final and best test accuracy, the clients'
+10th-percentile accuracy, rounds and wall seconds to each target accuracy, wall time) and
+``comparison.png`` (test accuracy against round).
 """
 
 from __future__ import annotations
@@ -28,17 +29,21 @@ import pandas as pd  # noqa: E402
 from fedcifar.atomic import atomic_path, atomic_write_text  # noqa: E402
 from fedcifar.config import Config, ConfigError, config_from_dict  # noqa: E402
 
-TABLE_COLUMNS = {
+HEADERS = {
     "variant": "variant",
     "final_test_acc": "final test acc",
     "best_test_acc": "best test acc",
     "best_round": "best round",
+    "final_client_acc_p10": "client p10",
     "final_test_loss": "final test loss",
-    "rounds_to_target": "rounds to target",
-    "seconds_to_target": "seconds to target",
     "wall_seconds": "wall time (s)",
     "seconds_per_round": "s / round",
 }
+
+
+def target_columns(target: float) -> tuple[str, str]:
+    """The table's two columns for one target accuracy: rounds and wall seconds to reach it."""
+    return f"rounds_to_{target:g}", f"seconds_to_{target:g}"
 
 
 @dataclass(frozen=True)
@@ -100,52 +105,63 @@ def completed_rounds(run_dir: Path, cfg: Config) -> int:
     return ckpt.round
 
 
-def summarize(frames: dict[str, pd.DataFrame], target: float) -> pd.DataFrame:
-    """One row per variant from its metrics: accuracies, rounds to ``target`` and wall time."""
+def summarize(frames: dict[str, pd.DataFrame], targets: Sequence[float]) -> pd.DataFrame:
+    """One row per variant from its metrics: accuracies, rounds and seconds to each target, wall time.
+
+    Seconds to a target add up ``round_seconds`` (training and evaluation) through the first
+    round whose test accuracy reached it; a target never reached is left empty.
+    """
     rows = []
     for label, frame in frames.items():
         tested = frame.dropna(subset=["test_acc"]) if "test_acc" in frame else frame.iloc[:0]
-        reached = tested[tested["test_acc"] >= target]
         elapsed = frame.set_index("round")["round_seconds"].cumsum() if "round_seconds" in frame else None
-        first = int(reached["round"].iloc[0]) if len(reached) else None
         best = tested.loc[tested["test_acc"].idxmax()] if len(tested) else None
         wall = float(frame["round_seconds"].sum()) if "round_seconds" in frame else float("nan")
-        rows.append(
-            {
-                "variant": label,
-                "final_test_acc": float(tested["test_acc"].iloc[-1]) if len(tested) else float("nan"),
-                "best_test_acc": float(best["test_acc"]) if best is not None else float("nan"),
-                "best_round": int(best["round"]) if best is not None else None,
-                "final_test_loss": float(tested["test_loss"].iloc[-1]) if len(tested) else float("nan"),
-                "rounds_to_target": first,
-                "seconds_to_target": float(elapsed[first]) if first is not None and elapsed is not None else None,
-                "wall_seconds": wall,
-                "seconds_per_round": wall / max(len(frame), 1),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+        p10 = frame["client_acc_p10"].dropna() if "client_acc_p10" in frame else frame.iloc[:0, :0]
+        row = {
+            "variant": label,
+            "final_test_acc": float(tested["test_acc"].iloc[-1]) if len(tested) else float("nan"),
+            "best_test_acc": float(best["test_acc"]) if best is not None else float("nan"),
+            "best_round": int(best["round"]) if best is not None else None,
+            "final_client_acc_p10": float(p10.iloc[-1]) if len(p10) else float("nan"),
+            "final_test_loss": float(tested["test_loss"].iloc[-1]) if len(tested) else float("nan"),
+        }
+        for target in targets:
+            rounds_col, seconds_col = target_columns(target)
+            reached = tested[tested["test_acc"] >= target]
+            first = int(reached["round"].iloc[0]) if len(reached) else None
+            row[rounds_col] = first
+            row[seconds_col] = float(elapsed[first]) if first is not None and elapsed is not None else None
+        row |= {"wall_seconds": wall, "seconds_per_round": wall / max(len(frame), 1)}
+        rows.append(row)
+    columns = [*list(HEADERS)[:6], *(c for t in targets for c in target_columns(t)), *list(HEADERS)[6:]]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def markdown_table(table: pd.DataFrame, target: float) -> str:
+def _missing(value) -> bool:
+    return value is None or pd.isna(value)
+
+
+def markdown_table(table: pd.DataFrame, targets: Sequence[float]) -> str:
     """The summary as a GitHub markdown table (accuracies in percent)."""
-    header = [TABLE_COLUMNS[c] for c in table.columns]
-    header[header.index("rounds to target")] = f"rounds to {target:.1%}"
-    header[header.index("seconds to target")] = f"seconds to {target:.1%}"
+    header = [HEADERS[c] for c in list(HEADERS)[:6]]
+    header += [f"{what} to {100 * t:g}%" for t in targets for what in ("rounds", "seconds")]
+    header += [HEADERS[c] for c in list(HEADERS)[6:]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for row in table.itertuples(index=False):
+    for row in table.to_dict("records"):
         cells = [
-            f"`{row.variant}`",
-            f"{row.final_test_acc:.2%}",
-            f"{row.best_test_acc:.2%}",
-            "–" if row.best_round is None or pd.isna(row.best_round) else str(int(row.best_round)),
-            f"{row.final_test_loss:.2f}",
-            "not reached"
-            if row.rounds_to_target is None or pd.isna(row.rounds_to_target)
-            else str(int(row.rounds_to_target)),
-            "–" if row.seconds_to_target is None or pd.isna(row.seconds_to_target) else f"{row.seconds_to_target:.0f}",
-            f"{row.wall_seconds:.0f}",
-            f"{row.seconds_per_round:.1f}",
+            f"`{row['variant']}`",
+            f"{row['final_test_acc']:.2%}",
+            f"{row['best_test_acc']:.2%}",
+            "–" if _missing(row["best_round"]) else str(int(row["best_round"])),
+            "–" if _missing(row["final_client_acc_p10"]) else f"{row['final_client_acc_p10']:.2%}",
+            f"{row['final_test_loss']:.2f}",
         ]
+        for target in targets:
+            rounds_col, seconds_col = target_columns(target)
+            cells.append("not reached" if _missing(row[rounds_col]) else str(int(row[rounds_col])))
+            cells.append("–" if _missing(row[seconds_col]) else f"{row[seconds_col]:.0f}")
+        cells += [f"{row['wall_seconds']:.0f}", f"{row['seconds_per_round']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -235,18 +251,18 @@ def run_comparison(
     out_dir: str | Path,
     data,
     *,
-    target: float,
+    targets: Sequence[float],
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every variant into ``out_dir/<variant>/`` and write the table and the plot."""
     out_dir = Path(out_dir)
     frames = run_variants(base, variants, out_dir, data, progress=progress)
-    table = summarize(frames, target)
+    table = summarize(frames, targets)
     with atomic_path(out_dir / "comparison.csv") as tmp:
         table.to_csv(tmp, index=False)
     spread = seed_spread(table, variants)
     atomic_write_text(
-        out_dir / "comparison.md", markdown_table(table, target) + "".join(f"\n{line}\n" for line in spread)
+        out_dir / "comparison.md", markdown_table(table, targets) + "".join(f"\n{line}\n" for line in spread)
     )
     plot_comparison(frames, out_dir / "comparison.png", _title(base))
     return table
