@@ -29,16 +29,16 @@ import pandas as pd  # noqa: E402
 from fedcifar.atomic import atomic_path, atomic_write_text  # noqa: E402
 from fedcifar.config import Config, ConfigError, config_from_dict  # noqa: E402
 
-HEADERS = {
+# The table's columns and headers: these, one pair per target accuracy (target_columns), then WALL.
+ACCURACY = {
     "variant": "variant",
     "final_test_acc": "final test acc",
     "best_test_acc": "best test acc",
     "best_round": "best round",
     "final_client_acc_p10": "client p10",
     "final_test_loss": "final test loss",
-    "wall_seconds": "wall time (s)",
-    "seconds_per_round": "s / round",
 }
+WALL = {"wall_seconds": "wall time (s)", "seconds_per_round": "s / round"}
 
 
 def target_columns(target: float) -> tuple[str, str]:
@@ -117,7 +117,7 @@ def summarize(frames: dict[str, pd.DataFrame], targets: Sequence[float]) -> pd.D
         elapsed = frame.set_index("round")["round_seconds"].cumsum() if "round_seconds" in frame else None
         best = tested.loc[tested["test_acc"].idxmax()] if len(tested) else None
         wall = float(frame["round_seconds"].sum()) if "round_seconds" in frame else float("nan")
-        p10 = frame["client_acc_p10"].dropna() if "client_acc_p10" in frame else frame.iloc[:0, :0]
+        p10 = frame["client_acc_p10"].dropna() if "client_acc_p10" in frame else pd.Series(dtype=float)
         row = {
             "variant": label,
             "final_test_acc": float(tested["test_acc"].iloc[-1]) if len(tested) else float("nan"),
@@ -134,7 +134,7 @@ def summarize(frames: dict[str, pd.DataFrame], targets: Sequence[float]) -> pd.D
             row[seconds_col] = float(elapsed[first]) if first is not None and elapsed is not None else None
         row |= {"wall_seconds": wall, "seconds_per_round": wall / max(len(frame), 1)}
         rows.append(row)
-    columns = [*list(HEADERS)[:6], *(c for t in targets for c in target_columns(t)), *list(HEADERS)[6:]]
+    columns = [*ACCURACY, *(c for t in targets for c in target_columns(t)), *WALL]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -144,9 +144,8 @@ def _missing(value) -> bool:
 
 def markdown_table(table: pd.DataFrame, targets: Sequence[float]) -> str:
     """The summary as a GitHub markdown table (accuracies in percent)."""
-    header = [HEADERS[c] for c in list(HEADERS)[:6]]
-    header += [f"{what} to {100 * t:g}%" for t in targets for what in ("rounds", "seconds")]
-    header += [HEADERS[c] for c in list(HEADERS)[6:]]
+    header = [*ACCURACY.values(), *(f"{what} to {100 * t:g}%" for t in targets for what in ("rounds", "seconds"))]
+    header += WALL.values()
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in table.to_dict("records"):
         cells = [
