@@ -170,6 +170,28 @@ def test_compare_command_writes_table_and_plot_and_fedprox_mu0_equals_fedavg(tmp
     assert (out / "fedavg" / "metrics.csv").stat().st_mtime_ns == before
 
 
+def test_compare_reads_the_first_rounds_of_a_longer_run_as_the_shorter_run(tmp_path, cifar, capsys):
+    """A 3-round FedAvgM run (server_lr written out) stands for the 2-round variant asking for the default."""
+    out = tmp_path / "cmp"
+    run_training(tiny_config(rounds=3, strategy="fedavgm", server_lr=1.0), out / "fedavgm", cifar, progress=False)
+    short = run_training(tiny_config(strategy="fedavgm"), tmp_path / "short", cifar, progress=False)
+    before = (out / "fedavgm" / "metrics.csv").stat().st_mtime_ns
+    args = ["compare", "--preset", "smoke", "--quiet", "--out", str(out), *set_args(tiny()), "--strategies", "fedavgm"]
+    assert main(args) == 0
+    assert (out / "fedavgm" / "metrics.csv").stat().st_mtime_ns == before  # read, not trained
+    longer = pd.read_csv(out / "fedavgm" / "metrics.csv")
+    pd.testing.assert_frame_equal(longer[DETERMINISTIC].iloc[:2], short[DETERMINISTIC].reset_index(drop=True))
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["final_test_loss"].iloc[0] == short["test_loss"].iloc[-1] != longer["test_loss"].iloc[-1]
+
+    # Under a cosine schedule the longer run's rounds 1-2 are not a 2-round run: refused in one line.
+    run_training(tiny_config(rounds=3, lr_schedule="cosine"), out / "fedavg", cifar, progress=False)
+    code = main([*args[:-1], "fedavg", "--set", "lr_schedule=cosine"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "holds 3 rounds, and its first 2 are not a 2-round run: lr_schedule=cosine" in err
+
+
 @pytest.mark.parametrize(
     ("strategies", "message"),
     [

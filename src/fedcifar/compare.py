@@ -6,7 +6,9 @@ variant trains from the same base config, so the partition, the initial model an
 round's client seeds are the same; only what the variant changes differs. Runs go to
 ``OUT/<variant>/`` as ordinary run directories; a variant whose directory already holds a
 complete run of the same config is read back, and an interrupted one is resumed, so the
-command can be re-run. A directory holding a run of another config is an error.
+command can be re-run. A longer run of the same config counts as complete when its first
+rounds do not depend on the horizon (:func:`horizon_dependence`): its first ``rounds`` are
+read. A directory holding a run of another config is an error.
 
 Outputs: ``comparison.csv`` and ``comparison.md`` (final and best test accuracy, the clients'
 10th-percentile accuracy, rounds and wall seconds to each target accuracy, wall time) and
@@ -102,7 +104,24 @@ def completed_rounds(run_dir: Path, cfg: Config) -> int:
     changed = config_changes(saved, cfg)
     if changed:
         raise ConfigError(f"{run_dir} holds a run of another config ({changed}); remove it or pick another --out")
+    if ckpt.round > cfg.rounds and (why := horizon_dependence(saved, cfg.rounds)):
+        raise ConfigError(
+            f"{run_dir} holds {ckpt.round} rounds, and its first {cfg.rounds} are not a {cfg.rounds}-round run: {why}"
+        )
     return ckpt.round
+
+
+def horizon_dependence(cfg: Config, rounds: int) -> str:
+    """Why the first ``rounds`` of a longer run of ``cfg`` differ from a ``rounds``-round run ("" if not).
+
+    Otherwise the longer run's first ``rounds`` are the shorter run, round for round (each
+    round's seeds come from (seed, round)), so ``compare`` reads them instead of training again.
+    """
+    if cfg.lr_schedule == "cosine":
+        return "lr_schedule=cosine spreads its decay over all the rounds"
+    if rounds % cfg.eval_every:
+        return f"a {rounds}-round run evaluates its last round, which eval_every={cfg.eval_every} skips"
+    return ""
 
 
 def summarize(frames: dict[str, pd.DataFrame], targets: Sequence[float]) -> pd.DataFrame:

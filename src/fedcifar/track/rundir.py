@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from fedcifar.atomic import atomic_path, atomic_write_text
-from fedcifar.config import Config, config_from_dict, save_yaml
+from fedcifar.config import STRATEGY_DEFAULTS, Config, config_from_dict, effective, save_yaml
 from fedcifar.data.partition import Partition, class_counts
 from fedcifar.messages import Weights
 from fedcifar.track.checkpoint import CheckpointError, export_global, load_checkpoint, save_checkpoint
@@ -71,9 +71,17 @@ RESUMABLE_CHANGES = ("rounds", "target_epsilon")
 
 
 def config_changes(saved: Config, cfg: Config, ignore: tuple[str, ...] = ("rounds",)) -> str:
-    """``key: saved -> new`` for each key (but ``ignore``) that differs; empty when none does."""
-    old, new = saved.to_dict(), cfg.to_dict()
+    """``key: saved -> new`` for each key (but ``ignore``) whose effective value differs; empty when none does.
+
+    ``server_lr=0`` and ``tau=0`` mean the strategy's default, so a run saved with the value
+    written out is the same run as one asking for the default (:func:`fedcifar.config.effective`).
+    """
+    old, new = _effective_dict(saved), _effective_dict(cfg)
     return ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if k not in ignore and old[k] != new[k])
+
+
+def _effective_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.to_dict() | {key: effective(cfg, key) for key in STRATEGY_DEFAULTS}
 
 
 def check_resumable(path: Path, done: int, saved: Config, cfg: Config) -> None:
