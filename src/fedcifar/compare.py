@@ -117,8 +117,11 @@ def horizon_dependence(cfg: Config, rounds: int) -> str:
     Otherwise the longer run's first ``rounds`` are the shorter run, round for round (each
     round's seeds come from (seed, round)), so ``compare`` reads them instead of training again.
     """
-    if cfg.lr_schedule == "cosine":
-        return "lr_schedule=cosine spreads its decay over all the rounds"
+    from fedcifar.federation import round_lr
+
+    shorter = cfg.replace(rounds=rounds)
+    if any(round_lr(cfg, r) != round_lr(shorter, r) for r in range(1, rounds + 1)):
+        return f"lr_schedule={cfg.lr_schedule} sets each round's rate from the number of rounds"
     if rounds % cfg.eval_every:
         return f"a {rounds}-round run evaluates its last round, which eval_every={cfg.eval_every} skips"
     return ""
