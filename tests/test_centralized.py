@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
@@ -11,6 +12,7 @@ from fedcifar.cli import main
 from fedcifar.config import ConfigError, build_config
 from fedcifar.federation import partition_for
 from fedcifar.model import build_model
+from fedcifar.report import accuracy_figure
 from fedcifar.serve.predictor import Predictor, inference_runtime
 from fedcifar.sim.engine import run_training
 from fedcifar.strategy.population import Population
@@ -101,3 +103,29 @@ def test_report_puts_runs_on_the_training_image_axis(tmp_path, capsys):
     )
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_report_figure_names_runs_by_colour_and_measures_by_style_outside_the_axes():
+    frame = pd.DataFrame(
+        {
+            "train_images": [100, 100],
+            "train_acc": [0.1, 0.2],
+            "test_acc": [0.05, 0.08],
+            "client_acc_mean": [0.05, 0.07],
+            "client_acc_std": [0.01, 0.02],
+            "client_acc_p10": [0.03, 0.04],
+        }
+    ).assign(images_seen=[100, 200])
+    central = frame[["train_images", "test_acc", "images_seen"]]  # no train or client columns
+    frames = {f"run {i}": frame for i in range(5)} | {"central": central}
+    fig = accuracy_figure(frames)
+    (ax,) = fig.axes
+    runs, measures = fig.legends
+    assert [t.get_text() for t in runs.get_texts()] == [*(f"run {i}" for i in range(5)), "central"]
+    assert [t.get_text() for t in measures.get_texts()] == ["test", "train", "client p10"]
+    assert [line.get_linestyle() for line in measures.get_lines()] == ["-", "--", ":"]
+    fig.canvas.draw()
+    axes_box = ax.get_window_extent()
+    for legend in (runs, measures):  # beside the curves, not over them
+        assert legend.get_window_extent().x0 > axes_box.x1
+    plt.close(fig)

@@ -70,25 +70,45 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_runs(frames: Mapping[str, pd.DataFrame], path: Path, title: str = "") -> Path:
-    """Test accuracy against training images; shaded: per-client mean ± std, dotted: 10th percentile."""
+STYLES = {"test": "-", "train": "--", "client p10": ":"}
+
+
+def accuracy_figure(frames: Mapping[str, pd.DataFrame], title: str = "") -> plt.Figure:
+    """Test accuracy against training images; shaded: per-client mean ± std, dotted: 10th percentile.
+
+    Colour names the run and line style the measure, each in its own legend beside the axes, so
+    five runs take eight legend entries outside the curves rather than fifteen on top of them.
+    """
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    shown = set()
     for i, (label, frame) in enumerate(frames.items()):
         color = f"C{i}"
         data = frame.dropna(subset=["test_acc"])
         x = data["images_seen"] / 1e6
-        ax.plot(x, 100 * data["test_acc"], color=color, label=f"{label}: test")
+        ax.plot(x, 100 * data["test_acc"], color=color, linestyle=STYLES["test"], label=label)
+        shown.add("test")
         if "train_acc" in data:
-            ax.plot(x, 100 * data["train_acc"], color=color, linestyle="--", alpha=0.6, label=f"{label}: train")
+            ax.plot(x, 100 * data["train_acc"], color=color, linestyle=STYLES["train"], alpha=0.6)
+            shown.add("train")
         if "client_acc_mean" in data and data["client_acc_mean"].notna().any():
             mean, std = 100 * data["client_acc_mean"], 100 * data["client_acc_std"]
             ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
-            ax.plot(x, 100 * data["client_acc_p10"], color=color, linestyle=":", label=f"{label}: client p10")
+            ax.plot(x, 100 * data["client_acc_p10"], color=color, linestyle=STYLES["client p10"])
+            shown.add("client p10")
     ax.set_xlabel("training images seen (millions)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "Accuracy against training images (band: per-client mean ± std)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    beside = {"fontsize": 8, "bbox_transform": ax.transAxes}  # figure legends: not clipped to the axes
+    fig.legend(*ax.get_legend_handles_labels(), title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), **beside)
+    keys = [name for name in STYLES if name in shown]
+    handles = [plt.Line2D([], [], color="0.3", linestyle=STYLES[name]) for name in keys]
+    fig.legend(handles, keys, title="measure", loc="lower left", bbox_to_anchor=(1.01, 0.0), **beside)
+    return fig
+
+
+def plot_runs(frames: Mapping[str, pd.DataFrame], path: Path, title: str = "") -> Path:
+    fig = accuracy_figure(frames, title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
