@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from fedcifar.compare import markdown_table, parse_variant, parse_variants, seed_spread, summarize, variant_config
+from fedcifar.compare import (
+    comparison_figure,
+    markdown_table,
+    parse_variant,
+    parse_variants,
+    seed_spread,
+    summarize,
+    variant_config,
+)
 from fedcifar.config import ConfigError, build_config, effective
 
 
@@ -111,3 +120,24 @@ def test_default_comparison_is_every_strategy_at_its_default_with_fedavg_on_thre
     recipe = build_config("paper-cpu-plus").replace(rounds=base.rounds, seed=base.seed)
     resolved = [c.replace(server_lr=effective(c, "server_lr")) for c in configs]
     assert recipe in resolved  # the paper-cpu-plus recipe is one of the rows (fedavgm at its defaults)
+
+
+def test_comparison_plot_draws_a_strategys_seeds_in_one_colour_and_its_legend_beside_the_axes():
+    variants = parse_variants(
+        ["fedavg", "fedavg:seed=2", "fedavgm", "fedavg:seed=3"] + [f"fedexp:seed={i}" for i in (5, 6)]
+    )
+    frames = {
+        v.label: pd.DataFrame({"round": range(1, 51), "test_acc": [0.01 * r for r in range(1, 51)]}) for v in variants
+    }
+    fig = comparison_figure(frames, variants=variants)
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    color = {label: line.get_color() for label, line in lines.items()}
+    assert color["fedavg"] == color["fedavg:seed=2"] == color["fedavg:seed=3"] != color["fedavgm"]
+    assert color["fedexp:seed=5"] == color["fedexp:seed=6"] not in (color["fedavg"], color["fedavgm"])
+    fedavg_styles = [lines[label].get_linestyle() for label in ("fedavg", "fedavg:seed=2", "fedavg:seed=3")]
+    assert len(set(fedavg_styles)) == 3  # the seeds stay apart
+    assert lines["fedavg"].get_markevery() == 5  # ten markers on a 50-round curve, not fifty
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 > ax.get_window_extent().x1
+    plt.close(fig)

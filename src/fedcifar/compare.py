@@ -187,18 +187,23 @@ def markdown_table(table: pd.DataFrame, targets: Sequence[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_groups(variants: Sequence[Variant]) -> list[list[str]]:
+    """The variants' labels grouped by everything but ``seed``, in order of first appearance."""
+    groups: dict[tuple, list[str]] = {}
+    for v in variants:
+        key = tuple(sorted((k, val) for k, val in v.overrides.items() if k != "seed"))
+        groups.setdefault(key, []).append(v.label)
+    return list(groups.values())
+
+
 def seed_spread(table: pd.DataFrame, variants: Sequence[Variant]) -> list[str]:
     """One line per group of variants that differ only in ``seed``: the spread of their final accuracy.
 
     It is the yardstick for the table: a difference between strategies smaller than the
     seed-to-seed spread of one strategy is not a signal.
     """
-    groups: dict[tuple, list[str]] = {}
-    for v in variants:
-        key = tuple(sorted((k, val) for k, val in v.overrides.items() if k != "seed"))
-        groups.setdefault(key, []).append(v.label)
     lines = []
-    for labels in groups.values():
+    for labels in seed_groups(variants):
         if len(labels) < 2:
             continue
         rows = table.set_index("variant").loc[labels]
@@ -211,21 +216,52 @@ def seed_spread(table: pd.DataFrame, variants: Sequence[Variant]) -> list[str]:
     return lines
 
 
-def plot_comparison(
-    frames: dict[str, pd.DataFrame], path: str | Path, title: str = "", column: str = "test_acc"
-) -> Path:
-    """Accuracy (``column``: test_acc, or val_acc for tune) against round, one line per variant."""
+def comparison_figure(
+    frames: dict[str, pd.DataFrame], title: str = "", column: str = "test_acc", variants: Sequence[Variant] = ()
+) -> plt.Figure:
+    """Accuracy (``column``: test_acc, or val_acc for tune) against round, one line per variant.
+
+    Variants that differ only in ``seed`` (given ``variants``) share a colour and marker and
+    differ in line style, so a strategy's seeds read as one spread; the legend sits beside the
+    axes, where thirteen entries cover no curve.
+    """
     split = "validation" if column.startswith("val") else "test"
+    groups = seed_groups(variants) if variants else [[label] for label in frames]
+    style = {
+        label: (f"C{g % 10}", "osD^v<>px*h"[g % 11], ("-", "--", ":", "-.")[i % 4])
+        for g, labels in enumerate(groups)
+        for i, label in enumerate(labels)
+    }
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    markers = "osD^v<>px*h"
-    for i, (label, frame) in enumerate(frames.items()):
+    for label, frame in frames.items():
+        color, marker, linestyle = style.get(label, (None, "o", "-"))
         data = frame[["round", column]].dropna() if column in frame else frame.iloc[:0]
-        ax.plot(data["round"], 100 * data[column], marker=markers[i % len(markers)], markersize=3, label=label)
+        ax.plot(
+            data["round"],
+            100 * data[column],
+            color=color,
+            marker=marker,
+            linestyle=linestyle,
+            markersize=3,
+            markevery=max(1, len(data) // 10),
+            label=label,
+        )
     ax.set_xlabel("round")
     ax.set_ylabel(f"{split} top-1 accuracy (%)")
     ax.set_title(title or f"{split.capitalize()} accuracy per round")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def plot_comparison(
+    frames: dict[str, pd.DataFrame],
+    path: str | Path,
+    title: str = "",
+    column: str = "test_acc",
+    variants: Sequence[Variant] = (),
+) -> Path:
+    fig = comparison_figure(frames, title, column, variants)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
@@ -285,7 +321,7 @@ def run_comparison(
     atomic_write_text(
         out_dir / "comparison.md", markdown_table(table, targets) + "".join(f"\n{line}\n" for line in spread)
     )
-    plot_comparison(frames, out_dir / "comparison.png", _title(base))
+    plot_comparison(frames, out_dir / "comparison.png", _title(base), variants=variants)
     return table
 
 
