@@ -1,4 +1,4 @@
-"""Client-side options: SGD momentum and weight decay, and the lr schedule across rounds.
+"""Client-side options: SGD momentum, weight decay, gradient clipping, and the lr schedule across rounds.
 
 The optimizer is checked against a hand-written heavy-ball reference on a linear model; the
 schedule against its closed forms; and the options reach a Flower ClientApp through the
@@ -58,6 +58,31 @@ def test_adam_weight_decay_is_torchs_l2_penalty():
     torch.testing.assert_close(got.weights["1.weight"], ref[1].weight.detach(), rtol=1e-4, atol=1e-6)
 
 
+def test_grad_clip_bounds_each_steps_whole_gradient_after_the_proximal_term():
+    images, labels = _data(n=8)
+    model = _model()
+    start = read_weights(model)
+    lr, mu, clip, steps = 0.05, 0.5, 0.05, 3
+    instr = _instructions(steps=steps, batch_size=8, lr=lr, proximal_mu=mu, grad_clip=clip)
+    got = train_client(model, start, images, labels, instr, CPU)
+
+    x, y = _features(images), labels.numpy()
+    w0, b0 = start["1.weight"].double().numpy(), start["1.bias"].double().numpy()
+    w, b = w0.copy(), b0.copy()
+    for _ in range(steps):  # g = grad CE + mu (w - w0), scaled to norm clip (torch adds 1e-6 to the norm)
+        gw, gb = _grad(w, b, x, y)
+        gw, gb = gw + mu * (w - w0), gb + mu * (b - b0)
+        norm = np.sqrt((gw**2).sum() + (gb**2).sum())
+        assert norm > 2 * clip  # the clip is active at every step
+        scale = clip / (norm + 1e-6)
+        w, b = w - lr * scale * gw, b - lr * scale * gb
+    np.testing.assert_allclose(got.weights["1.weight"].numpy(), w, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(got.weights["1.bias"].numpy(), b, rtol=1e-4, atol=1e-7)
+    free = train_client(model, start, images, labels, _instructions(steps=1, batch_size=8, lr=lr), CPU)
+    step = {k: (free.weights[k] - start[k]).double() for k in ("1.weight", "1.bias")}
+    assert sum(float((d**2).sum()) for d in step.values()) ** 0.5 > 2 * lr * clip  # unclipped steps are longer
+
+
 @pytest.mark.parametrize(
     ("schedule", "expected"),
     [
@@ -82,6 +107,7 @@ def test_round_lr_follows_the_schedule_and_reaches_the_clients(schedule, expecte
         ({"momentum": "0.9"}, "momentum=0.9 is for client_optimizer=sgd"),
         ({"client_optimizer": "sgd", "momentum": "1"}, "momentum must be in [0, 1)"),
         ({"weight_decay": "-1"}, "weight_decay must be >= 0"),
+        ({"grad_clip": "-1"}, "grad_clip must be >= 0"),
         ({"lr_decay": "0"}, "lr_decay must be in (0, 1]"),
         ({"lr_schedule": "step"}, "lr_schedule='step' is not one of"),
     ],
@@ -106,14 +132,16 @@ def test_client_options_train_the_same_on_a_flower_client_app(tmp_path, monkeypa
 
     for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
         monkeypatch.setattr(TaskIdentity, name, value)
-    over = dict(strategy="fedavg", norm="batch", client_optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    over = dict(
+        strategy="fedavg", norm="batch", client_optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, grad_clip=1.0
+    )
     cfg = _cfg(**over, lr_schedule="exponential", lr_decay=0.5)
     data = _data()
     export_shards(data.train_x, data.train_y, _partition(), tmp_path)
     context = Context(1, 7, {"partition-id": 0, "data-path": str(tmp_path)}, RecordDict(), {})
     weights = read_weights(model_spec(cfg).build(seed=cfg.seed))
     instr = client_instructions(cfg, 3, 0, {})
-    assert (instr.momentum, instr.weight_decay, instr.lr) == (0.9, 5e-4, 0.05 * 0.25)
+    assert (instr.momentum, instr.weight_decay, instr.grad_clip, instr.lr) == (0.9, 5e-4, 1.0, 0.05 * 0.25)
     reply = app(
         Message(codec.encode_fit(cfg, 0, instr, weights), dst_node_id=7, message_type=MessageType.TRAIN), context
     )
@@ -125,5 +153,6 @@ def test_client_options_train_the_same_on_a_flower_client_app(tmp_path, monkeypa
     x, y = data.train_x[: SIZES[0]], data.train_y[: SIZES[0]]
     local = train_client(model, weights, x, y, instr, runtime, 0)
     assert all(torch.equal(remote.weights[k], local.weights[k]) for k in local.weights)
-    plain = train_client(model, weights, x, y, client_instructions(cfg.replace(momentum=0.0), 3, 0, {}), runtime, 0)
-    assert not all(torch.equal(plain.weights[k], local.weights[k]) for k in local.weights)
+    for plain_cfg in (cfg.replace(momentum=0.0), cfg.replace(grad_clip=0.0)):  # each option changes the training
+        plain = train_client(model, weights, x, y, client_instructions(plain_cfg, 3, 0, {}), runtime, 0)
+        assert not all(torch.equal(plain.weights[k], local.weights[k]) for k in local.weights)

@@ -136,7 +136,7 @@ def run_centralized(
         steps = 0 if budget - trained >= n else -(-(budget - trained) // cfg.batch_size)
         generator = torch.Generator(device=runtime.device).manual_seed(epoch_seed(cfg.seed, epoch))
         batches = minibatches(n, cfg.batch_size, 1, steps, generator)
-        stats = fit(model, optimizer, data.train_x, data.train_y, batches, generator, runtime)
+        stats = fit(model, optimizer, data.train_x, data.train_y, batches, generator, runtime, grad_clip=cfg.grad_clip)
         trained += stats.images
         row = _epoch_row(epoch, stats, n, time.perf_counter() - t0)
         t_eval = time.perf_counter()

@@ -84,6 +84,9 @@ class Config:
     client_optimizer: ClientOptimizer = "adam"  # sgd makes SCAFFOLD's correction exactly the paper's
     momentum: float = 0.0  # sgd only: heavy-ball momentum of the client's optimizer (reset every round)
     weight_decay: float = 0.0  # L2 penalty in the client's optimizer (torch's weight_decay, adam or sgd)
+    # > 0 clips each minibatch gradient (after FedProx's/FedDyn's terms) to this total L2 norm before
+    # the step, as FedDyn's official code does at 10; 0 = off. clip_norm bounds the sent update instead.
+    grad_clip: float = 0.0
     # The client lr across rounds: round r trains at lr (constant), lr * lr_decay^(r-1) (exponential,
     # FedMLB's 0.998 per round, Kim et al. 2022), or lr * (1 + cos(pi (r-1) / rounds)) / 2 (cosine).
     lr_schedule: LrSchedule = "constant"
@@ -475,6 +478,7 @@ def validate(cfg: Config) -> None:
         f"momentum={cfg.momentum} is for client_optimizer=sgd (Adam has its own beta1)",
     )
     need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
     need(cfg.fedlc_tau >= 0, f"fedlc_tau must be >= 0 (0 = off), got {cfg.fedlc_tau}")
     need(cfg.feddecorr_beta >= 0, f"feddecorr_beta must be >= 0 (0 = off), got {cfg.feddecorr_beta}")
     need(0 < cfg.lr_decay <= 1, f"lr_decay must be in (0, 1], got {cfg.lr_decay}")

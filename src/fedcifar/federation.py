@@ -105,6 +105,7 @@ def client_instructions(cfg: Config, server_round: int, client_id: int, extra: d
         optimizer=cfg.client_optimizer,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
         fedlc_tau=cfg.fedlc_tau,
         feddecorr_beta=cfg.feddecorr_beta,
         fault=injected_fault(cfg, server_round, client_id),

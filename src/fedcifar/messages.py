@@ -38,6 +38,7 @@ class ClientInstructions:
     optimizer: str = "adam"  # or "sgd"
     momentum: float = 0.0  # sgd's heavy-ball momentum
     weight_decay: float = 0.0  # the optimizer's L2 penalty
+    grad_clip: float = 0.0  # > 0: each step's gradient clipped to this total L2 norm
     # Extras for other algorithms (client/hooks.py); the defaults leave plain FedAvg training.
     proximal_mu: float = 0.0  # FedProx
     control_server: Weights | None = None  # SCAFFOLD's c; None: SCAFFOLD is off (c_i is the client's own)

@@ -124,13 +124,15 @@ def fit(
     last_epoch_only: bool = True,
     objective: Objective | None = None,
     private: PrivateGradients | None = None,
+    grad_clip: float = 0.0,
 ) -> FitStats:
     """Minibatch training of ``model`` on device-resident uint8 ``images``: the one training step.
 
     The local update and the centralized reference both train through here, so they differ
     only in their data, their schedule, their objective (plain cross-entropy by default) and
     where the optimizer comes from. With ``private`` (record-level DP) the gradients are its
-    clipped and noised per-sample ones instead of the batch's backward pass.
+    clipped and noised per-sample ones instead of the batch's backward pass. ``grad_clip`` > 0
+    clips the step's whole gradient, hook terms included, to that L2 norm.
     """
     device = runtime.device
     normalize = Normalize(device)
@@ -160,6 +162,8 @@ def fit(
             loss.backward()
         if hooks is not None:
             hooks.after_backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(unwrap(model).parameters(), grad_clip, foreach=True)
         optimizer.step()
         if hooks is not None:
             hooks.after_step(lr)
@@ -249,6 +253,7 @@ def train_client(
         last_epoch_only=not instructions.steps,
         objective=objective,
         private=private,
+        grad_clip=instructions.grad_clip,
     )
     t_read = time.perf_counter()
     weights = read_weights(model)
