@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from fedcifar.compare import (
     markdown_table,
     parse_variant,
     parse_variants,
+    seed_groups,
     seed_spread,
     summarize,
     variant_config,
@@ -140,4 +142,17 @@ def test_comparison_plot_draws_a_strategys_seeds_in_one_colour_and_its_legend_be
     assert lines["fedavg"].get_markevery() == 5  # ten markers on a 50-round curve, not fifty
     fig.canvas.draw()
     assert ax.get_legend().get_window_extent().x0 > ax.get_window_extent().x1
+    plt.close(fig)
+
+
+def test_comparison_plot_gives_each_of_the_default_comparisons_strategies_its_own_colour():
+    from fedcifar.cli import DEFAULT_COMPARE
+
+    variants = parse_variants(list(DEFAULT_COMPARE))
+    frames = {v.label: pd.DataFrame({"round": [1, 2], "test_acc": [0.1, 0.2]}) for v in variants}
+    fig = comparison_figure(frames, variants=variants)
+    colors = {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
+    groups = seed_groups(variants)
+    assert len(groups) == len(DEFAULT_COMPARE) - 2  # fedavg's three seeds are one group
+    assert len({colors[g[0]] for g in groups}) == len(groups)  # no two strategies share a colour
     plt.close(fig)

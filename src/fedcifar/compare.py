@@ -216,6 +216,11 @@ def seed_spread(table: pd.DataFrame, variants: Sequence[Variant]) -> list[str]:
     return lines
 
 
+# Matplotlib's ten cycle colours, then five more, so the default 13-variant comparison
+# (11 strategies) gives each strategy its own colour; beyond 15 they repeat with another marker.
+PALETTE = (*(f"C{i}" for i in range(10)), "black", "gold", "navy", "lime", "darkred")
+
+
 def comparison_figure(
     frames: dict[str, pd.DataFrame], title: str = "", column: str = "test_acc", variants: Sequence[Variant] = ()
 ) -> plt.Figure:
@@ -228,7 +233,7 @@ def comparison_figure(
     split = "validation" if column.startswith("val") else "test"
     groups = seed_groups(variants) if variants else [[label] for label in frames]
     style = {
-        label: (f"C{g % 10}", "osD^v<>px*h"[g % 11], ("-", "--", ":", "-.")[i % 4])
+        label: (PALETTE[g % len(PALETTE)], "osD^v<>px*h"[g % 11], ("-", "--", ":", "-.")[i % 4])
         for g, labels in enumerate(groups)
         for i, label in enumerate(labels)
     }
